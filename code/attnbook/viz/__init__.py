@@ -1,0 +1,21 @@
+"""One plotting style for the whole book: themes, the attention colour map, and savers.
+
+Every figure is drawn twice, once per theme (``light``, ``dark``), by a ``draw(theme)``
+function, and saved deterministically (no dates or software tags in the files, fixed
+SVG ids), so that unchanged inputs give byte-identical files.
+"""
+from .style import (
+    PALETTE,
+    THEMES,
+    attention_cmap,
+    colors,
+    save_figure,
+    save_themed,
+    theme_style,
+)
+from .plots import animate_heatmaps, head_grid, heatmap, token_links
+
+__all__ = [
+    "PALETTE", "THEMES", "animate_heatmaps", "attention_cmap", "colors", "head_grid",
+    "heatmap", "save_figure", "save_themed", "theme_style", "token_links",
+]
