@@ -1,0 +1,304 @@
+/* The Attention Book: interactive attention explorer.
+ *
+ * Markup: <div class="attn-explorer" data-src="…/explorer.json"></div>
+ * Data (written by a chapter script):
+ *   {model, num_layers, num_heads, head_roles[layer][head],
+ *    sentences: [{text, tokens: [..], attention[layer][head][query][key]}]}
+ * Everything is served by the site itself; nothing is fetched from elsewhere.
+ * State is mirrored on the root element (data-sentence, data-layer, data-head,
+ * data-token) so that it can be inspected, and tested, from outside.
+ */
+(function () {
+  "use strict";
+
+  function cssColor(name, fallback) {
+    const value = getComputedStyle(document.body).getPropertyValue(name).trim();
+    return value || fallback;
+  }
+
+  function parseColor(text) {
+    const probe = document.createElement("canvas").getContext("2d");
+    probe.fillStyle = text;
+    const hex = probe.fillStyle; // normalised to #rrggbb or rgba(...)
+    if (hex.startsWith("#")) {
+      return [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+    }
+    return hex.match(/[\d.]+/g).slice(0, 3).map(Number);
+  }
+
+  function palette() {
+    const dark = document.body.getAttribute("data-md-color-scheme") === "slate";
+    return {
+      bg: parseColor(cssColor("--md-default-bg-color", dark ? "#1e2129" : "#ffffff")),
+      fg: cssColor("--md-default-fg-color", dark ? "#e3e6ea" : "#1f2328"),
+      hot: parseColor(dark ? "#c7e6ff" : "#08306b"),
+      mid: parseColor(dark ? "#3d8fd1" : "#4292c6"),
+      accent: cssColor("--md-accent-fg-color", "#ff6e42"),
+    };
+  }
+
+  // The book's attention colour map: 0 = page background, 1 = strongest.
+  function shade(weight, pal) {
+    const w = Math.max(0, Math.min(1, weight));
+    const [from, to, t] = w < 0.5 ? [pal.bg, pal.mid, w * 2] : [pal.mid, pal.hot, (w - 0.5) * 2];
+    const rgb = from.map((c, i) => Math.round(c + (to[i] - c) * t));
+    return `rgb(${rgb[0]}, ${rgb[1]}, ${rgb[2]})`;
+  }
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    Object.entries(attrs || {}).forEach(([k, v]) => {
+      if (k === "text") node.textContent = v;
+      else node.setAttribute(k, v);
+    });
+    (children || []).forEach((c) => node.appendChild(c));
+    return node;
+  }
+
+  function select(label, cls, options) {
+    const id = `${cls}-${Math.random().toString(36).slice(2, 8)}`;
+    const box = el("select", { class: cls, id: id });
+    options.forEach(([value, text]) => box.appendChild(el("option", { value: String(value), text: text })));
+    return [el("label", { for: id, text: label }), box];
+  }
+
+  function drawMatrix(canvas, matrix, query, pal, cellSize) {
+    const n = matrix.length;
+    const size = cellSize * n;
+    const ratio = window.devicePixelRatio || 1;
+    canvas.width = size * ratio;
+    canvas.height = size * ratio;
+    canvas.style.width = `${size}px`;
+    canvas.style.height = `${size}px`;
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j < n; j++) {
+        ctx.fillStyle = shade(matrix[i][j], pal);
+        ctx.fillRect(j * cellSize, i * cellSize, cellSize, cellSize);
+      }
+    }
+    if (query !== null && query !== undefined && cellSize >= 4) {
+      ctx.strokeStyle = pal.accent;
+      ctx.lineWidth = 2;
+      ctx.strokeRect(1, query * cellSize + 1, size - 2, cellSize - 2);
+    }
+  }
+
+  class Explorer {
+    constructor(root, data) {
+      this.root = root;
+      this.data = data;
+      this.state = { sentence: 0, layer: 0, head: 0, token: null };
+      this.build();
+      this.render();
+      root.setAttribute("data-ready", "true");
+    }
+
+    get sentence() {
+      return this.data.sentences[this.state.sentence];
+    }
+
+    get matrix() {
+      return this.sentence.attention[this.state.layer][this.state.head];
+    }
+
+    build() {
+      const d = this.data;
+      const [sLabel, sentence] = select("Sentence", "ae-sentence", d.sentences.map((s, i) => [i, s.text]));
+      const [lLabel, layer] = select("Layer", "ae-layer", [...Array(d.num_layers).keys()].map((i) => [i, `layer ${i}`]));
+      const [hLabel, head] = select("Head", "ae-head", [...Array(d.num_heads).keys()].map((i) => [i, `head ${i}`]));
+      const save = el("button", { class: "md-button ae-save", type: "button", text: "Save as PNG" });
+      this.controls = { sentence, layer, head };
+      sentence.addEventListener("change", () => this.set({ sentence: +sentence.value, token: null }));
+      layer.addEventListener("change", () => this.set({ layer: +layer.value }));
+      head.addEventListener("change", () => this.set({ head: +head.value }));
+      save.addEventListener("click", () => this.savePng());
+
+      this.role = el("p", { class: "ae-role", "aria-live": "polite" });
+      this.tokens = el("div", { class: "ae-tokens", role: "group", "aria-label": "Tokens: focus or hover one to see what it attends to" });
+      this.matrixCanvas = el("canvas", { class: "ae-matrix", role: "img" });
+      this.grid = el("div", { class: "ae-grid", role: "group", "aria-label": "Overview of every layer and head: choose one" });
+      this.gridCells = [];
+      for (let l = 0; l < d.num_layers; l++) {
+        const row = el("div", { class: "ae-grid-row" }, [el("span", { class: "ae-grid-label", text: `L${l}` })]);
+        for (let h = 0; h < d.num_heads; h++) {
+          const role = (d.head_roles && d.head_roles[l] && d.head_roles[l][h]) || "";
+          const cell = el("button", {
+            class: "ae-cell", type: "button", "data-layer": l, "data-head": h,
+            "aria-label": `layer ${l}, head ${h}${role ? ": " + role : ""}`, title: `layer ${l}, head ${h}${role ? " — " + role : ""}`,
+          }, [el("canvas", { class: "ae-thumb" })]);
+          cell.addEventListener("click", () => this.set({ layer: l, head: h }));
+          cell.addEventListener("keydown", (e) => this.gridKey(e, l, h));
+          row.appendChild(cell);
+          this.gridCells.push(cell);
+        }
+        this.grid.appendChild(row);
+      }
+      const bar = el("div", { class: "ae-controls" }, [sLabel, sentence, lLabel, layer, hLabel, head, save]);
+      const main = el("div", { class: "ae-main" }, [
+        el("div", { class: "ae-left" }, [this.tokens, this.role, this.matrixCanvas]),
+        el("div", { class: "ae-right" }, [el("p", { class: "ae-caption", text: "All layers × heads" }), this.grid]),
+      ]);
+      this.root.replaceChildren(bar, main);
+      this.observer = new MutationObserver(() => this.render());
+      this.observer.observe(document.body, { attributes: true, attributeFilter: ["data-md-color-scheme"] });
+    }
+
+    set(patch) {
+      Object.assign(this.state, patch);
+      this.render();
+    }
+
+    gridKey(event, l, h) {
+      const moves = { ArrowRight: [0, 1], ArrowLeft: [0, -1], ArrowDown: [1, 0], ArrowUp: [-1, 0] };
+      const move = moves[event.key];
+      if (!move) return;
+      event.preventDefault();
+      const nl = Math.max(0, Math.min(this.data.num_layers - 1, l + move[0]));
+      const nh = Math.max(0, Math.min(this.data.num_heads - 1, h + move[1]));
+      this.set({ layer: nl, head: nh });
+      this.gridCells[nl * this.data.num_heads + nh].focus();
+    }
+
+    tokenKey(event, i) {
+      const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[event.key];
+      if (!step) return;
+      event.preventDefault();
+      const buttons = this.tokens.querySelectorAll(".ae-token");
+      const next = Math.max(0, Math.min(buttons.length - 1, i + step));
+      buttons[next].focus();
+    }
+
+    renderTokens(pal) {
+      const tokens = this.sentence.tokens;
+      if (this.tokens.childElementCount !== tokens.length || this.tokens.dataset.sentence !== String(this.state.sentence)) {
+        this.tokens.replaceChildren(...tokens.map((t, i) => {
+          const b = el("button", { class: "ae-token", type: "button", "data-index": i, text: t });
+          b.addEventListener("mouseenter", () => this.set({ token: i }));
+          b.addEventListener("focus", () => this.set({ token: i }));
+          b.addEventListener("keydown", (e) => this.tokenKey(e, i));
+          return b;
+        }));
+        this.tokens.dataset.sentence = String(this.state.sentence);
+      }
+      const q = this.state.token;
+      this.tokens.querySelectorAll(".ae-token").forEach((b, j) => {
+        const isQuery = q === j;
+        b.classList.toggle("ae-query", isQuery);
+        b.setAttribute("aria-pressed", isQuery ? "true" : "false");
+        if (q === null) {
+          b.style.background = "";
+          b.style.color = "";
+          b.removeAttribute("data-weight");
+          b.title = "hover or focus to see what this token attends to";
+        } else {
+          const w = this.matrix[q][j];
+          b.style.background = shade(w, pal);
+          b.style.color = w > 0.45 ? (pal.bg[0] > 128 ? "#ffffff" : "#10131a") : "";
+          b.setAttribute("data-weight", w.toFixed(3));
+          b.title = `${tokens[q]} → ${tokens[j]}: ${w.toFixed(3)}`;
+        }
+      });
+    }
+
+    render() {
+      const pal = palette();
+      const { sentence, layer, head, token } = this.state;
+      this.controls.sentence.value = String(sentence);
+      this.controls.layer.value = String(layer);
+      this.controls.head.value = String(head);
+      this.root.dataset.sentence = String(sentence);
+      this.root.dataset.layer = String(layer);
+      this.root.dataset.head = String(head);
+      this.root.dataset.token = token === null ? "" : String(token);
+      this.renderTokens(pal);
+      const roles = this.data.head_roles || [];
+      const role = roles[layer] && roles[layer][head];
+      const tokens = this.sentence.tokens;
+      this.role.textContent = `Layer ${layer}, head ${head}${role ? ` — measured role: ${role}` : ""}.` +
+        (token === null ? " Hover or focus a token." : ` Row: what “${tokens[token]}” attends to.`);
+      const cell = Math.max(8, Math.min(26, Math.floor(360 / tokens.length)));
+      drawMatrix(this.matrixCanvas, this.matrix, token, pal, cell);
+      this.matrixCanvas.setAttribute("aria-label",
+        `Attention matrix of layer ${layer}, head ${head}: rows are queries, columns are keys, darker means more weight.`);
+      this.gridCells.forEach((c) => {
+        const l = +c.dataset.layer, h = +c.dataset.head;
+        drawMatrix(c.firstChild, this.sentence.attention[l][h], null, pal, 2);
+        const current = l === layer && h === head;
+        c.classList.toggle("ae-current", current);
+        c.setAttribute("aria-pressed", current ? "true" : "false");
+      });
+    }
+
+    savePng() {
+      // A self-contained picture of the current view: title, matrix and token labels.
+      const pal = palette();
+      const tokens = this.sentence.tokens;
+      const n = tokens.length, cell = 24, margin = 110, top = 40;
+      const canvas = document.createElement("canvas");
+      canvas.width = margin + n * cell + 20;
+      canvas.height = top + margin + n * cell;
+      const ctx = canvas.getContext("2d");
+      ctx.fillStyle = `rgb(${pal.bg.join(",")})`;
+      ctx.fillRect(0, 0, canvas.width, canvas.height);
+      ctx.fillStyle = pal.fg;
+      ctx.font = "14px sans-serif";
+      ctx.fillText(`${this.data.model}: layer ${this.state.layer}, head ${this.state.head}`, 10, 22);
+      ctx.font = "11px sans-serif";
+      const m = this.matrix;
+      for (let i = 0; i < n; i++) {
+        ctx.textAlign = "right";
+        ctx.fillStyle = pal.fg;
+        ctx.fillText(tokens[i], margin - 6, top + i * cell + cell * 0.65);
+        for (let j = 0; j < n; j++) {
+          ctx.fillStyle = shade(m[i][j], pal);
+          ctx.fillRect(margin + j * cell, top + i * cell, cell, cell);
+        }
+      }
+      ctx.save();
+      for (let j = 0; j < n; j++) {
+        ctx.save();
+        ctx.translate(margin + j * cell + cell * 0.6, top + n * cell + 6);
+        ctx.rotate(Math.PI / 3);
+        ctx.textAlign = "left";
+        ctx.fillStyle = pal.fg;
+        ctx.fillText(tokens[j], 0, 0);
+        ctx.restore();
+      }
+      ctx.restore();
+      const link = document.createElement("a");
+      link.download = `attention-s${this.state.sentence}-l${this.state.layer}-h${this.state.head}.png`;
+      link.href = canvas.toDataURL("image/png");
+      document.body.appendChild(link);
+      link.click();
+      link.remove();
+    }
+  }
+
+  function init() {
+    document.querySelectorAll(".attn-explorer:not([data-ready]):not([data-loading])").forEach((root) => {
+      root.setAttribute("data-loading", "true");
+      const url = new URL(root.dataset.src, document.baseURI);
+      fetch(url)
+        .then((response) => {
+          if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+          return response.json();
+        })
+        .then((data) => new Explorer(root, data))
+        .catch((error) => {
+          root.replaceChildren(el("p", { class: "ae-error", text: `The attention explorer could not load its data (${error.message}). The static figure below shows the same attention.` }));
+          root.setAttribute("data-error", "true");
+        })
+        .finally(() => root.removeAttribute("data-loading"));
+    });
+  }
+
+  if (typeof window.document$ !== "undefined" && window.document$.subscribe) {
+    window.document$.subscribe(init); // Material: runs on first load and after instant navigation
+  } else if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", init);
+  } else {
+    init();
+  }
+})();

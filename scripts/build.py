@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""Build The Attention Book: execute the chapter scripts, then ``mkdocs build --strict``.
+
+    python scripts/build.py [--device auto|cpu|cuda] [--jobs N] [--only SLUG ...]
+                            [--force] [--quick] [--timeout S] [--no-site]
+
+Each chapter script ``code/chapters/<slug>.py`` is executed as a notebook (so the site can
+render the executed notebook) with its outputs written to a fresh folder. Only when it
+succeeds does that folder replace ``docs/generated/<slug>/``; a failing chapter is named
+with the tail of its output, its previous outputs stay in place, and the build exits
+non-zero without building the site.
+
+A chapter runs again only when its cache key changes: a hash of the script, every file of
+the ``attnbook`` library, the pinned requirements, this runner, the device and the mode.
+``docs/generated/manifest.json`` records what ran, where, and how long it took.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Layout:
+    """Where a build reads and writes (tests point this at a temporary tree)."""
+
+    root: Path = REPO
+    chapters: Path = field(default=None)  # type: ignore[assignment]
+    library: Path = field(default=None)  # type: ignore[assignment]
+    generated: Path = field(default=None)  # type: ignore[assignment]
+    work: Path = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self):
+        self.chapters = self.chapters or self.root / "code" / "chapters"
+        self.library = self.library or self.root / "code" / "attnbook"
+        self.generated = self.generated or self.root / "docs" / "generated"
+        self.work = self.work or self.root / ".cache" / "build"
+
+    @property
+    def manifest(self) -> Path:
+        return self.generated / "manifest.json"
+
+    def slugs(self) -> list[str]:
+        return sorted(p.stem for p in self.chapters.glob("*.py") if not p.name.startswith("_"))
+
+
+@dataclass
+class Result:
+    slug: str
+    status: str  # "ran", "cached" or "failed"
+    seconds: float = 0.0
+    tail: str = ""
+
+
+# -- the cache key ----------------------------------------------------------------------
+def _digest_files(paths, root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(paths):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(b"\0")
+        h.update(path.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def library_digest(layout: Layout) -> str:
+    """Hash of every library file, the pinned requirements and this runner."""
+    files = [p for p in layout.library.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    extra = [layout.root / "requirements.txt", Path(__file__).resolve()]
+    h = hashlib.sha256(_digest_files(files, layout.library).encode())
+    for path in extra:
+        if path.exists():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def chapter_key(layout: Layout, slug: str, device: str, quick: bool, lib: str | None = None) -> str:
+    script = (layout.chapters / f"{slug}.py").read_bytes()
+    parts = [hashlib.sha256(script).hexdigest(), lib or library_digest(layout), device, "quick" if quick else "full"]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+def read_manifest(layout: Layout) -> dict:
+    try:
+        return json.loads(layout.manifest.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def stale_chapters(layout: Layout, slugs, device: str, quick: bool) -> list[str]:
+    manifest, lib = read_manifest(layout), library_digest(layout)
+    return [s for s in slugs
+            if manifest.get(s, {}).get("key") != chapter_key(layout, s, device, quick, lib)
+            or not (layout.generated / s).is_dir()]
+
+
+# -- running one chapter ----------------------------------------------------------------
+def execute_notebook(script: Path, out: Path, timeout: int) -> None:
+    """Run ``script`` as a notebook in a fresh kernel; save the executed notebook to ``out``.
+
+    Runs inside the child process started by ``run_chapter``; the kernel inherits the
+    ATTNBOOK_* variables that tell the chapter where to write and on which device.
+    """
+    import jupytext
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = jupytext.read(script)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", record_timing=False,
+                            allow_errors=False, resources={"metadata": {"path": str(script.parent)}})
+    client.execute()
+    nbformat.write(notebook, out / f"{script.stem}.ipynb")
+
+
+def run_chapter(layout: Layout, slug: str, device: str, quick: bool, timeout: int, threads: int) -> Result:
+    """Execute one chapter into a temporary folder and swap it in only on success."""
+    layout.work.mkdir(parents=True, exist_ok=True)
+    layout.generated.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{slug}-", dir=layout.work))
+    env = {**os.environ, "ATTNBOOK_DEVICE": device, "ATTNBOOK_QUICK": "1" if quick else "",
+           "ATTNBOOK_OUT": str(tmp), "OMP_NUM_THREADS": str(threads), "MPLBACKEND": "Agg",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0",
+           "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    command = [sys.executable, str(Path(__file__).resolve()), "--execute",
+               str(layout.chapters / f"{slug}.py"), str(tmp), str(timeout)]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout + 60)
+        ok, output = proc.returncode == 0, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        ok, output = False, f"{exc.stdout or ''}{exc.stderr or ''}\ntimed out after {timeout} s"
+    seconds = time.perf_counter() - start
+    if not ok:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return Result(slug, "failed", seconds, "\n".join(output.strip().splitlines()[-25:]))
+    final, old = layout.generated / slug, layout.work / f"{slug}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return Result(slug, "ran", seconds)
+
+
+def _machine() -> dict:
+    import torch  # the library's dependency; imported here so --help stays fast
+
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "machine": platform.machine(), "cpus": os.cpu_count()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def resolve(device: str) -> str:
+    sys.path.insert(0, str(REPO / "code"))
+    from attnbook.device import resolve_device
+
+    return resolve_device(device).type
+
+
+def build_chapters(layout: Layout, slugs=None, device: str = "auto", jobs: int = 1, force: bool = False,
+                   quick: bool = False, timeout: int = 900, log=print) -> list[Result]:
+    """Run every stale chapter (all of ``slugs`` with ``force``); return one Result each."""
+    device = resolve(device)
+    available = layout.slugs()
+    slugs = available if not slugs else list(slugs)
+    unknown = sorted(set(slugs) - set(available))
+    if unknown:
+        raise SystemExit(f"unknown chapter(s) {unknown}; chapters are {available}")
+    lib = library_digest(layout)
+    todo = slugs if force else stale_chapters(layout, slugs, device, quick)
+    results = [Result(s, "cached") for s in slugs if s not in todo]
+    for r in results:
+        log(f"  {r.slug:28s} cached")
+    if not todo:
+        return results
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    log(f"running {len(todo)} chapter(s) on {device} with {jobs} job(s), {threads} thread(s) each")
+    machine = _machine()
+
+    def one(slug):
+        result = run_chapter(layout, slug, device, quick, timeout, threads)
+        log(f"  {slug:28s} {result.status:6s} {result.seconds:6.1f} s  ({device}{', quick' if quick else ''})")
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        ran = list(pool.map(one, todo))
+    manifest = read_manifest(layout)
+    for r in ran:
+        if r.status == "ran":
+            manifest[r.slug] = {"key": chapter_key(layout, r.slug, device, quick, lib), "device": device,
+                                "quick": quick, "seconds": round(r.seconds, 1), **machine}
+    layout.generated.mkdir(parents=True, exist_ok=True)
+    layout.manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return results + ran
+
+
+def report_failures(results: list[Result], log=print) -> bool:
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        log(f"\nchapter '{r.slug}' FAILED (its previous outputs were kept). Last lines of its output:\n"
+            + "\n".join("    " + line for line in r.tail.splitlines()))
+    return bool(failed)
+
+
+def build_site(strict: bool = True) -> int:
+    env = {**os.environ, "ATTNBOOK_CHAPTERS_FRESH": "1", "NO_MKDOCS_2_WARNING": "1"}
+    command = [sys.executable, "-m", "mkdocs", "build"] + (["--strict"] if strict else [])
+    return subprocess.run(command, cwd=REPO, env=env).returncode
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--execute"]:  # child process: run one chapter notebook
+        script, out, timeout = Path(argv[1]), Path(argv[2]), int(argv[3])
+        execute_notebook(script, out, timeout)
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--jobs", type=int, default=1, help="chapters run in parallel (default 1)")
+    parser.add_argument("--only", nargs="+", metavar="SLUG", help="run only these chapters")
+    parser.add_argument("--force", action="store_true", help="run even if the cache says fresh")
+    parser.add_argument("--quick", action="store_true", help="small sizes (what the tests use)")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per chapter (default 900)")
+    parser.add_argument("--no-site", action="store_true", help="run the chapters only, no mkdocs build")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    start = time.perf_counter()
+    try:
+        results = build_chapters(Layout(), args.only, args.device, args.jobs, args.force, args.quick, args.timeout)
+    except RuntimeError as exc:  # e.g. CUDA asked for and absent
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if report_failures(results):
+        print("\nbuild failed: fix the chapter above and run the build again", file=sys.stderr)
+        return 1
+    print(f"chapters done in {time.perf_counter() - start:.1f} s")
+    if args.no_site:
+        return 0
+    code = build_site()
+    print(f"{'site built into site/' if code == 0 else 'mkdocs build failed'} "
+          f"({time.perf_counter() - start:.1f} s in all)")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Every chapter script runs in --quick mode, as a reader would run it, and writes every
+file its page references; two runs with the same inputs write byte-identical figures."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SLUGS = sorted(p.stem for p in (REPO / "code" / "chapters").glob("*.py") if not p.name.startswith("_"))
+FIGURE_SUFFIXES = {".svg", ".png", ".gif"}
+
+pytestmark = pytest.mark.slow
+
+
+def referenced_files(slug: str) -> set[str]:
+    """Files under generated/<slug>/ named by any page (the notebook is the build's, not the script's)."""
+    pattern = re.compile(rf"generated/{re.escape(slug)}/([A-Za-z0-9_.\-]+)")
+    names = set()
+    for page in (REPO / "docs").rglob("*.md"):
+        if "generated" in page.relative_to(REPO / "docs").parts:
+            continue
+        names.update(pattern.findall(page.read_text(encoding="utf-8")))
+    return {n.split("#")[0] for n in names if not n.endswith(".ipynb")}
+
+
+def run_quick(slug: str, out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
+    env.pop("ATTNBOOK_OUT", None)
+    return subprocess.run([sys.executable, str(REPO / "code" / "chapters" / f"{slug}.py"),
+                           "--quick", "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.iterdir()) if p.suffix in FIGURE_SUFFIXES}
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory):
+    runs = {}
+    for slug in SLUGS:
+        outs = []
+        for attempt in ("first", "second"):
+            out = tmp_path_factory.mktemp(f"{slug}-{attempt}")
+            outs.append((out, run_quick(slug, out)))
+        runs[slug] = outs
+    return runs
+
+
+def test_there_are_chapters():
+    assert SLUGS, "no chapter scripts under code/chapters"
+
+
+@pytest.mark.parametrize("slug", SLUGS)
+def test_chapter_runs_in_quick_mode(slug, quick_runs):
+    for _, proc in quick_runs[slug]:
+        assert proc.returncode == 0, f"{slug} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize("slug", SLUGS)
+def test_chapter_writes_every_file_its_page_references(slug, quick_runs):
+    wanted = referenced_files(slug)
+    assert wanted, f"no page references docs/generated/{slug}/"
+    out, _ = quick_runs[slug][0]
+    missing = sorted(name for name in wanted if not (out / name).exists())
+    assert not missing, f"{slug} --quick did not write {missing}"
+
+
+@pytest.mark.parametrize("slug", SLUGS)
+def test_figures_are_byte_identical_across_runs(slug, quick_runs):
+    (first, _), (second, _) = quick_runs[slug]
+    a, b = digest(first), digest(second)
+    assert a, f"{slug} wrote no figures"
+    changed = sorted(name for name in a if a[name] != b.get(name))
+    assert not changed, f"{slug}: these figures differ between two runs with the same inputs: {changed}"
+
+
+@pytest.mark.parametrize("slug", SLUGS)
+def test_every_chapter_has_a_page_and_a_notebook_in_the_nav(slug):
+    nav = (REPO / "mkdocs.yml").read_text()
+    assert f"generated/{slug}/{slug}.ipynb" in nav
+    pages = [p for p in (REPO / "docs").rglob(f"{slug}.md") if "generated" not in p.parts]
+    assert len(pages) == 1, f"expected one page docs/<part>/{slug}.md, found {pages}"
+    assert str(pages[0].relative_to(REPO / "docs")) in nav
+
+
+def test_asking_for_cuda_on_a_machine_without_it_fails_with_advice(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    slug = SLUGS[0]
+    proc = subprocess.run([sys.executable, str(REPO / "code" / "chapters" / f"{slug}.py"),
+                           "--device", "cuda", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "--device cpu" in proc.stderr

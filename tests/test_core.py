@@ -1,0 +1,86 @@
+"""The library's shared pieces: device choice, the plotting style, the chapter helper."""
+from __future__ import annotations
+
+import hashlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+from attnbook.chapter import Chapter
+from attnbook.device import resolve_device
+from attnbook.viz import THEMES, animate_heatmaps, head_grid, heatmap, save_themed, token_links
+
+
+def test_auto_device_is_cpu_or_cuda():
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_unknown_device_names_the_choices():
+    with pytest.raises(ValueError, match="device must be one of"):
+        resolve_device("tpu")
+
+
+def test_cuda_without_cuda_says_what_to_do(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="--device cpu"):
+        resolve_device("cuda")
+
+
+def _draw(theme):
+    weights = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+    heatmap(axes[0], weights, ["a", "b", "c"], ["a", "b", "c"], theme=theme, title="weights")
+    token_links(axes[1], weights, ["a", "b", "c"], theme=theme)
+    return fig
+
+
+@pytest.mark.parametrize("fmt", ["svg", "png"])
+def test_figures_are_saved_in_both_themes_and_byte_identical_when_redrawn(tmp_path, fmt):
+    first = save_themed(_draw, tmp_path / "one", "fig", fmt)
+    second = save_themed(_draw, tmp_path / "two", "fig", fmt)
+    assert [p.name for p in first] == [f"fig-{t}.{fmt}" for t in THEMES]
+    for a, b in zip(first, second):
+        assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+    assert first[0].read_bytes() != first[1].read_bytes(), "light and dark variants must differ"
+
+
+def test_gif_animation_is_byte_identical_when_redrawn(tmp_path):
+    frames = [np.eye(4) * (i + 1) / 4 for i in range(4)]
+    a = animate_heatmaps(frames, tmp_path / "a.gif", titles=[f"step {i}" for i in range(4)])
+    b = animate_heatmaps(frames, tmp_path / "b.gif", titles=[f"step {i}" for i in range(4)])
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_heatmap_rejects_labels_of_the_wrong_length():
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match="got 2 labels for an axis of length 3"):
+        heatmap(ax, np.eye(3), ["a", "b"])
+    plt.close(fig)
+
+
+def test_head_grid_accepts_layers_by_heads():
+    fig = head_grid(np.random.default_rng(0).dirichlet(np.ones(5), size=(2, 3, 5)))
+    assert len(fig.axes) == 6
+    plt.close(fig)
+
+
+def test_chapter_reads_its_options_from_the_command_line(tmp_path):
+    ch = Chapter("demo", ["--device", "cpu", "--quick", "--out", str(tmp_path)])
+    assert ch.device.type == "cpu" and ch.quick and ch.out == tmp_path
+    assert ch.pick(100, 10) == 10
+
+
+def test_chapter_reads_its_options_from_the_build_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNBOOK_OUT", str(tmp_path / "built"))
+    monkeypatch.setenv("ATTNBOOK_QUICK", "1")
+    ch = Chapter("demo", [])
+    assert ch.out == tmp_path / "built" and ch.quick
+
+
+def test_chapter_tables_are_markdown(tmp_path):
+    ch = Chapter("demo", ["--out", str(tmp_path)])
+    path = ch.table("t", ["n", "ratio"], [[128, "1.20×"], [256, "1.31×"]])
+    assert path.read_text() == "| n | ratio |\n| :-- | --: |\n| 128 | 1.20× |\n| 256 | 1.31× |\n"
