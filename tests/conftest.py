@@ -16,3 +16,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Unit tests use tiny tensors: one thread avoids oversubscription stalls on shared
+    2-core machines (seen here: 10-20 ms per tiny op with 2 busy threads). Chapter and
+    benchmark runs happen in subprocesses and keep torch's default."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -1,0 +1,263 @@
+"""The KV cache: incremental decoding without recomputing the past.
+
+A causal decoder computes, for every layer, keys and values that depend only on the
+tokens up to their own position. When a new token arrives, the old keys and values are
+exactly what they were one step ago, so they can be kept instead of recomputed: append
+k_t and v_t to the cache, then attend with the single new query,
+
+    o_t = softmax(q_t K_{1:t}ᵀ / √d_h) V_{1:t}.
+
+Layout as everywhere in the book: the cache holds, per layer, keys and values of shape
+``(batch, kv_heads, seq, head_dim)``; masks are boolean with True = may attend. The
+cached attention uses ``sdpa(..., causal=True)``, whose causal mask is aligned
+bottom-right, so that one new query sees every cached key (``torch``'s own
+``is_causal`` aligns top-left and would let it see only the first key).
+
+The cache memory per token is 2 · layers · kv_heads · head_dim · bytes per element
+(the 2 is for keys and values); ``attnbook.attention.cache_size`` computes it for real
+models, and grouped-query attention (``gqa.py``) shrinks it by sharing kv heads.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_positive_int, check_rank, check_tensor
+from .dot_product import sdpa
+from .multihead import MultiHeadAttention, merge_heads, split_heads
+from .positional import LearnedPositionalEmbedding
+
+Tensor = torch.Tensor
+
+
+# --8<-- [start:cache]
+class KVCache:
+    """Per-layer keys and values of the tokens seen so far.
+
+    ``update(layer, k, v)`` appends the new tokens' k and v, each of shape
+    ``(batch, kv_heads, new, head_dim)``, and returns the full
+    ``(batch, kv_heads, past + new, head_dim)`` tensors to attend over.
+    Appending with ``torch.cat`` copies the past at every step; serving systems
+    preallocate a buffer instead, but the arithmetic is the same.
+    """
+
+    entry_names = ("k", "v")  # what the two cached tensors are called in messages
+
+    def __init__(self, num_layers: int):
+        check_positive_int("num_layers", num_layers)
+        self.keys: list[Tensor | None] = [None] * num_layers
+        self.values: list[Tensor | None] = [None] * num_layers
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self._check(layer, k, v)
+        if self.keys[layer] is None:  # first call: the prompt (or first token)
+            self.keys[layer], self.values[layer] = k, v
+        else:  # later calls: grow along the sequence axis
+            self.keys[layer] = torch.cat([self.keys[layer], k], dim=2)
+            self.values[layer] = torch.cat([self.values[layer], v], dim=2)
+        return self.keys[layer], self.values[layer]
+
+    def seq_len(self, layer: int = 0) -> int:
+        """Number of tokens cached in ``layer`` (0 before the first update)."""
+        keys = self.keys[self._layer_index(layer)]
+        return 0 if keys is None else keys.shape[2]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by all cached tensors, keys and values of every layer."""
+        tensors = [t for t in self.keys + self.values if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+# --8<-- [end:cache]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.keys)
+
+    def __len__(self) -> int:
+        return self.seq_len(0)
+
+    def _layer_index(self, layer: int) -> int:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"layer must be an int, got {layer!r}")
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(
+                f"layer={layer} is out of range for a cache of {self.num_layers} layers")
+        return layer
+
+    def _check(self, layer: int, k: Tensor, v: Tensor) -> None:
+        self._layer_index(layer)
+        k_name, v_name = self.entry_names
+        check_rank(k_name, k, 4, "(batch, kv_heads, new, head_dim)")
+        check_rank(v_name, v, 4, "(batch, kv_heads, new, head_dim)")
+        if k.shape[:3] != v.shape[:3]:
+            raise ValueError(f"{k_name} and {v_name} must agree in (batch, kv_heads, new), "
+                             f"got {tuple(k.shape)} and {tuple(v.shape)}")
+        past_k, past_v = self.keys[layer], self.values[layer]
+        if past_k is None:
+            return
+        for name, new, past in ((k_name, k, past_k), (v_name, v, past_v)):
+            if new.shape[:2] != past.shape[:2] or new.shape[3] != past.shape[3]:
+                raise ValueError(
+                    f"{name} has shape {tuple(new.shape)}, but layer {layer} caches "
+                    f"{tuple(past.shape)}: batch, kv_heads and head_dim must stay the same"
+                )
+            if new.dtype != past.dtype or new.device != past.device:
+                raise TypeError(f"{name} is {new.dtype} on {new.device}, but the cache "
+                                f"holds {past.dtype} on {past.device}")
+
+
+# --8<-- [start:cached_attention]
+def causal_self_attention(
+    x: Tensor,
+    in_proj_weight: Tensor,
+    in_proj_bias: Tensor | None,
+    out_proj_weight: Tensor,
+    out_proj_bias: Tensor | None,
+    num_heads: int,
+    num_kv_heads: int | None = None,
+    *,
+    cache: KVCache | None = None,
+    layer: int = 0,
+) -> Tensor:
+    """Causal multi-head (or grouped-query) self-attention, with an optional KV cache.
+
+    x: (batch, new, d_model), the whole sequence when ``cache`` is None, otherwise only
+    the tokens not yet in the cache. Weights are laid out as in ``MultiHeadAttention``
+    (W_Q, W_K, W_V stacked in ``in_proj_weight``). Returns (batch, new, d_model).
+    """
+    num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+    head_dim = out_proj_weight.shape[1] // num_heads
+    qkv = F.linear(x, in_proj_weight, in_proj_bias)
+    kv_dim = num_kv_heads * head_dim
+    q, k, v = qkv.split([num_heads * head_dim, kv_dim, kv_dim], dim=-1)
+    q = split_heads(q, num_heads)     # (batch, heads, new, head_dim)
+    k = split_heads(k, num_kv_heads)  # (batch, kv_heads, new, head_dim)
+    v = split_heads(v, num_kv_heads)
+    if cache is not None:
+        k, v = cache.update(layer, k, v)  # (batch, kv_heads, past + new, head_dim)
+    # Bottom-right causal mask: new query i sits at position past + i and sees keys <= it.
+    out = sdpa(q, k, v, causal=True)  # (batch, heads, new, head_dim)
+    return F.linear(merge_heads(out), out_proj_weight, out_proj_bias)
+# --8<-- [end:cached_attention]
+
+
+class CausalSelfAttention(nn.Module):
+    """Causal self-attention that can run on a whole sequence or step by step with a cache.
+
+    The weights live in a ``MultiHeadAttention`` (``self.mha``), so a multi-head layer can
+    be converted to grouped-query attention: ``layer.mha = gqa.mha_to_gqa(layer.mha, groups)``.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, num_kv_heads: int | None = None,
+                 *, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.mha = MultiHeadAttention(d_model, num_heads, num_kv_heads, bias=bias,
+                                      device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        check_rank("x", x, 3, "(batch, seq, d_model)")
+        if x.shape[-1] != self.mha.d_model:
+            raise ValueError(f"x has {x.shape[-1]} features, expected d_model={self.mha.d_model}")
+        m = self.mha
+        return causal_self_attention(
+            x, m.in_proj_weight, m.in_proj_bias, m.out_proj.weight, m.out_proj.bias,
+            m.num_heads, m.num_kv_heads, cache=cache, layer=layer,
+        )
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm decoder block: x + attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, d_model: int, num_heads: int, num_kv_heads: int | None = None,
+                 *, mlp_ratio: int = 4, device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.norm_attn = nn.LayerNorm(d_model, **factory)
+        self.attn = CausalSelfAttention(d_model, num_heads, num_kv_heads, **factory)
+        self.norm_mlp = nn.LayerNorm(d_model, **factory)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, mlp_ratio * d_model, **factory), nn.GELU(),
+            nn.Linear(mlp_ratio * d_model, d_model, **factory),
+        )
+
+    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        x = x + self.attn(self.norm_attn(x), cache, layer)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+# --8<-- [start:decoder]
+class TinyDecoder(nn.Module):
+    """A small causal language model: token embeddings + learned positions, pre-norm blocks.
+
+    ``forward(tokens)`` runs the whole sequence (batch, seq) -> logits (batch, seq, vocab).
+    ``forward_step(tokens, cache)`` runs only the new tokens (batch, new) at positions
+    ``len(cache) ...`` and appends their keys and values to ``cache``.
+    """
+
+    def __init__(self, vocab_size: int, d_model: int, num_heads: int,
+                 num_kv_heads: int | None = None, *, num_layers: int = 2, max_len: int = 128,
+                 device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.token_embedding = nn.Embedding(vocab_size, d_model, **factory)
+        self.position_embedding = LearnedPositionalEmbedding(max_len, d_model, **factory)
+        self.blocks = nn.ModuleList(
+            DecoderBlock(d_model, num_heads, num_kv_heads, **factory) for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model, **factory)
+        self.lm_head = nn.Linear(d_model, vocab_size, bias=False, **factory)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(len(self.blocks))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.forward_step(tokens, cache=None)
+
+    def forward_step(self, tokens: Tensor, cache: KVCache | None) -> Tensor:
+        tokens = self._check_tokens(tokens)
+        past = 0 if cache is None else len(cache)  # positions continue after the cached ones
+        x = self.position_embedding(self.token_embedding(tokens), offset=past)  # (batch, new, d)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
+        return self.lm_head(self.norm(x))  # (batch, new, vocab)
+# --8<-- [end:decoder]
+
+    def _check_tokens(self, tokens: Tensor) -> Tensor:
+        check_tensor("tokens", tokens)
+        if tokens.dim() == 1:  # one new token per sequence: (batch,) -> (batch, 1)
+            tokens = tokens[:, None]
+        check_rank("tokens", tokens, 2, "(batch, seq)")
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+        if tokens.shape[1] == 0:
+            raise ValueError(f"tokens must hold at least one token per sequence, "
+                             f"got shape {tuple(tokens.shape)}")
+        return tokens
+
+
+# --8<-- [start:generate]
+@torch.no_grad()
+def greedy_generate(model: TinyDecoder, prompt: Tensor, max_new_tokens: int,
+                    *, use_cache: bool = True) -> tuple[Tensor, Tensor]:
+    """Greedy decoding. Returns the tokens (batch, prompt_len + max_new_tokens) and the
+    logits that chose each new token (batch, max_new_tokens, vocab).
+
+    Without a cache, step t reruns the model on all t tokens seen so far; with one, the
+    prompt runs once and every later step feeds only the newest token.
+    """
+    check_positive_int("max_new_tokens", max_new_tokens)
+    tokens = model._check_tokens(prompt)
+    cache = model.new_cache() if use_cache else None
+    step_input, step_logits = tokens, []
+    for _ in range(max_new_tokens):
+        if use_cache:
+            logits = model.forward_step(step_input, cache)[:, -1]  # only new tokens go in
+        else:
+            logits = model(tokens)[:, -1]  # recompute everything
+        next_token = logits.argmax(dim=-1, keepdim=True)  # (batch, 1)
+        tokens = torch.cat([tokens, next_token], dim=1)
+        step_input = next_token
+        step_logits.append(logits)
+    return tokens, torch.stack(step_logits, dim=1)
+# --8<-- [end:generate]
