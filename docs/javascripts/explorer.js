@@ -62,26 +62,49 @@
     return [el("label", { for: id, text: label }), box];
   }
 
-  function drawMatrix(canvas, matrix, query, pal, cellSize) {
+  // Draw a (q_len, k_len) matrix; with labels, queries are named on the left, keys on top.
+  function drawMatrix(canvas, matrix, query, pal, cellSize, labels) {
     const n = matrix.length;
-    const size = cellSize * n;
     const ratio = window.devicePixelRatio || 1;
-    canvas.width = size * ratio;
-    canvas.height = size * ratio;
-    canvas.style.width = `${size}px`;
-    canvas.style.height = `${size}px`;
     const ctx = canvas.getContext("2d");
+    ctx.font = "11px sans-serif";
+    const textWidth = labels ? Math.max(...labels.map((t) => ctx.measureText(t).width)) : 0;
+    const left = labels ? Math.ceil(textWidth) + 8 : 0;
+    const top = labels ? Math.ceil(textWidth * 0.87) + 12 : 0; // labels on top are rotated by 60°
+    const width = left + cellSize * n + (labels ? Math.ceil(textWidth * 0.5) : 0), height = top + cellSize * n;
+    canvas.width = width * ratio;
+    canvas.height = height * ratio;
+    canvas.style.width = `${width}px`;
+    canvas.style.height = `${height}px`;
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, width, height);
     for (let i = 0; i < n; i++) {
       for (let j = 0; j < n; j++) {
         ctx.fillStyle = shade(matrix[i][j], pal);
-        ctx.fillRect(j * cellSize, i * cellSize, cellSize, cellSize);
+        ctx.fillRect(left + j * cellSize, top + i * cellSize, cellSize, cellSize);
       }
+    }
+    if (labels) {
+      ctx.font = "11px sans-serif";
+      ctx.fillStyle = pal.fg;
+      ctx.textBaseline = "middle";
+      labels.forEach((t, i) => {
+        ctx.textAlign = "right";
+        ctx.fillStyle = query === i ? pal.accent : pal.fg;
+        ctx.fillText(t, left - 5, top + (i + 0.5) * cellSize);
+        ctx.save();
+        ctx.translate(left + (i + 0.5) * cellSize, top - 5);
+        ctx.rotate(-Math.PI / 3);
+        ctx.textAlign = "left";
+        ctx.fillStyle = pal.fg;
+        ctx.fillText(t, 0, 0);
+        ctx.restore();
+      });
     }
     if (query !== null && query !== undefined && cellSize >= 4) {
       ctx.strokeStyle = pal.accent;
       ctx.lineWidth = 2;
-      ctx.strokeRect(1, query * cellSize + 1, size - 2, cellSize - 2);
+      ctx.strokeRect(left + 1, top + query * cellSize + 1, n * cellSize - 2, cellSize - 2);
     }
   }
 
@@ -218,8 +241,8 @@
       const tokens = this.sentence.tokens;
       this.role.textContent = `Layer ${layer}, head ${head}${role ? ` — measured role: ${role}` : ""}.` +
         (token === null ? " Hover or focus a token." : ` Row: what “${tokens[token]}” attends to.`);
-      const cell = Math.max(8, Math.min(26, Math.floor(360 / tokens.length)));
-      drawMatrix(this.matrixCanvas, this.matrix, token, pal, cell);
+      const cell = Math.max(10, Math.min(28, Math.floor(380 / tokens.length)));
+      drawMatrix(this.matrixCanvas, this.matrix, token, pal, cell, tokens);
       this.matrixCanvas.setAttribute("aria-label",
         `Attention matrix of layer ${layer}, head ${head}: rows are queries, columns are keys, darker means more weight.`);
       this.gridCells.forEach((c) => {
