@@ -138,7 +138,10 @@ def test_page_renders_cleanly_in_a_real_browser(browser, server, page_path):
             "() => [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
         unlabeled = page.evaluate(
             "() => [...document.querySelectorAll('article img')].filter(i => !i.alt).map(i => i.src)")
+        raw_tex_in_nav = page.evaluate(
+            "() => [...document.querySelectorAll('.md-nav__link')].map(a => a.textContent).filter(t => /\\\\[(\\[]/.test(t))")
         assert merrors == 0, f"{page_path}: {merrors} MathJax errors"
+        assert not raw_tex_in_nav, f"{page_path}: headings with TeX show raw in the navigation: {raw_tex_in_nav}"
         assert untypeset == 0, f"{page_path}: {untypeset} math elements were not typeset"
         assert not broken_images, f"{page_path}: images failed to load: {broken_images}"
         assert not unlabeled, f"{page_path}: images without alt text: {unlabeled}"

@@ -32,28 +32,15 @@ from attnbook.attention.sparse import (
     strided_mask,
 )
 
+from helpers import outputs_and_grads
+from helpers import random_qkv as qkv
+
 ATOL = 1e-10  # see the module docstring
 PROPERTY = settings(max_examples=25, deadline=None)
 
 
-def qkv(seq, *, batch=2, heads=3, kv_heads=None, head_dim=4, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    kv_heads = heads if kv_heads is None else kv_heads
-    shapes = [(batch, heads, seq, head_dim)] + [(batch, kv_heads, seq, head_dim)] * 2
-    return [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
-
-
 def dense(q, k, v, mask):
     return scaled_dot_product_attention(q, k, v, mask)[0]
-
-
-def outputs_and_grads(attention, q, k, v, seed=1):
-    """Output and d(out . g)/d(q, k, v) for a fixed random cotangent g."""
-    q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
-    out = attention(q, k, v)
-    cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
-                            dtype=out.dtype)
-    return (out, *torch.autograd.grad(out, (q, k, v), cotangent))
 
 
 def reachable_in_two_hops(mask):
