@@ -89,3 +89,17 @@ def check_positive_int(name: str, value: object) -> int:
 def check_divisible(name: str, value: int, divisor_name: str, divisor: int) -> None:
     if value % divisor != 0:
         raise ValueError(f"{name}={value} is not divisible by {divisor_name}={divisor}")
+
+
+def check_key_padding_mask(mask: Tensor | None, batch: int, k_len: int) -> Tensor | None:
+    """Require a boolean ``(batch, k_len)`` key padding mask (True = real key), or None."""
+    if mask is None:
+        return None
+    check_tensor("key_padding_mask", mask)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"key_padding_mask must be boolean (True = real key), got dtype {mask.dtype}")
+    if tuple(mask.shape) != (batch, k_len):
+        raise ValueError(
+            f"key_padding_mask must have shape (batch, k_len) = {(batch, k_len)}, got {tuple(mask.shape)}"
+        )
+    return mask

@@ -46,7 +46,8 @@ def stable_softmax(scores: Tensor, dim: int = -1) -> Tensor:
 # --8<-- [end:softmax]
 
 
-def _full_mask(q: Tensor, k: Tensor, mask: Tensor | None, causal: bool) -> Tensor | None:
+def full_mask(q: Tensor, k: Tensor, mask: Tensor | None, causal: bool) -> Tensor | None:
+    """Check ``mask`` against q and k and AND it with the causal mask when ``causal``."""
     target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     mask = check_mask("mask", mask, target)
     if causal:
@@ -76,7 +77,7 @@ def scaled_dot_product_attention(
     """
     num_heads, _ = check_qkv(q, k, v)
     k, v = repeat_kv(k, num_heads), repeat_kv(v, num_heads)
-    mask = _full_mask(q, k, mask, causal)
+    mask = full_mask(q, k, mask, causal)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
 
     scores = (q @ k.transpose(-2, -1)) * scale  # (batch, heads, q_len, k_len)
@@ -111,9 +112,9 @@ def sdpa(
     """
     num_heads, num_kv_heads = check_qkv(q, k, v)
     if causal and (mask is not None or q.shape[2] != k.shape[2]):
-        mask, causal = _full_mask(q, k, mask, causal), False
+        mask, causal = full_mask(q, k, mask, causal), False
     else:
-        mask = _full_mask(q, k, mask, False)
+        mask = full_mask(q, k, mask, False)
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, is_causal=causal, scale=scale, dropout_p=dropout_p,
         enable_gqa=num_heads != num_kv_heads,

@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import check_positive_int, check_qkv, check_rank, check_tensor
+from ._checks import check_key_padding_mask, check_positive_int, check_qkv, check_rank
 from .dot_product import repeat_kv
 
 Tensor = torch.Tensor
@@ -59,18 +59,8 @@ def elu_feature_map(x: Tensor) -> Tensor:
 
 def _check_key_padding_mask(mask: Tensor | None, batch: int, k_len: int) -> Tensor | None:
     """Return the mask as (batch, 1, k_len, 1), True = real key, to multiply k or φ(k) by."""
-    if mask is None:
-        return None
-    check_tensor("key_padding_mask", mask)
-    if mask.dtype != torch.bool:
-        raise TypeError(
-            f"key_padding_mask must be boolean (True = real key), got dtype {mask.dtype}")
-    if tuple(mask.shape) != (batch, k_len):
-        raise ValueError(
-            f"key_padding_mask must have shape (batch, k_len) = {(batch, k_len)}, "
-            f"got {tuple(mask.shape)}"
-        )
-    return mask[:, None, :, None]
+    mask = check_key_padding_mask(mask, batch, k_len)
+    return None if mask is None else mask[:, None, :, None]
 
 
 def _check_features(phi_q: Tensor, phi_k: Tensor, v: Tensor, causal: bool) -> tuple[Tensor, Tensor]:

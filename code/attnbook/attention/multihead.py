@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ._checks import check_divisible, check_positive_int, check_rank
+from ._checks import check_divisible, check_key_padding_mask, check_positive_int, check_rank
 from .dot_product import scaled_dot_product_attention, sdpa
 from .masks import combine_masks, key_padding_to_attn_mask
 
@@ -159,11 +159,7 @@ class MultiHeadAttention(nn.Module):
             if memory.shape[-1] != self.d_model or memory.shape[0] != x.shape[0]:
                 raise ValueError(f"memory {tuple(memory.shape)} must be (batch={x.shape[0]}, k_len, d_model={self.d_model})")
         k_len = x.shape[1] if memory is None else memory.shape[1]
-        if key_padding_mask is not None and tuple(key_padding_mask.shape) != (x.shape[0], k_len):
-            raise ValueError(f"key_padding_mask must have shape (batch, k_len) = {(x.shape[0], k_len)}, "
-                             f"got {tuple(key_padding_mask.shape)}")
-        if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
-            raise TypeError(f"key_padding_mask must be boolean (True = real key), got {key_padding_mask.dtype}")
+        check_key_padding_mask(key_padding_mask, x.shape[0], k_len)
         return multi_head_attention(
             x, memory, self.in_proj_weight, self.in_proj_bias, self.out_proj.weight, self.out_proj.bias,
             self.num_heads, self.num_kv_heads, key_padding_mask=key_padding_mask, attn_mask=attn_mask,

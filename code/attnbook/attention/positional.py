@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ._checks import check_positive_int, check_qkv, check_rank, check_tensor
-from .dot_product import _full_mask, repeat_kv, stable_softmax
+from .dot_product import full_mask, repeat_kv, stable_softmax
 
 Tensor = torch.Tensor
 
@@ -163,7 +163,7 @@ def attention_with_bias(
     num_heads, _ = check_qkv(q, k, v)
     k, v = repeat_kv(k, num_heads), repeat_kv(v, num_heads)
     target = (q.shape[0], num_heads, q.shape[2], k.shape[2])
-    mask = _full_mask(q, k, mask, causal)
+    mask = full_mask(q, k, mask, causal)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
 
     scores = (q @ k.transpose(-2, -1)) * scale  # (batch, heads, q_len, k_len)
@@ -244,7 +244,7 @@ def shaw_attention(
     num_heads, _ = check_qkv(q, k, v)
     k, v = repeat_kv(k, num_heads), repeat_kv(v, num_heads)
     q_len, k_len = q.shape[2], k.shape[2]
-    mask = _full_mask(q, k, mask, causal)
+    mask = full_mask(q, k, mask, causal)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
 
     scores = q @ k.transpose(-2, -1)                                  # (batch, heads, q_len, k_len)
