@@ -19,7 +19,8 @@ from urllib.parse import urlparse
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = (os.environ.get("ATTNBOOK_CHROMIUM") or shutil.which("chromium")
+            or shutil.which("chromium-browser") or shutil.which("google-chrome"))
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 EXPLORER_PAGE = "real-models/pretrained-encoder/"
@@ -140,7 +141,11 @@ def test_page_renders_cleanly_in_a_real_browser(browser, server, page_path):
             "() => [...document.querySelectorAll('article img')].filter(i => !i.alt).map(i => i.src)")
         raw_tex_in_nav = page.evaluate(
             "() => [...document.querySelectorAll('.md-nav__link')].map(a => a.textContent).filter(t => /\\\\[(\\[]/.test(t))")
+        raw_dollars = page.evaluate(
+            "() => [...document.querySelectorAll('article figcaption, article td, article li, article p')]"
+            ".map(e => e.textContent).filter(t => /\\$[^$\\s][^$]*\\$/.test(t)).slice(0, 3)")
         assert merrors == 0, f"{page_path}: {merrors} MathJax errors"
+        assert not raw_dollars, f"{page_path}: TeX left as raw $...$ text: {raw_dollars}"
         assert not raw_tex_in_nav, f"{page_path}: headings with TeX show raw in the navigation: {raw_tex_in_nav}"
         assert untypeset == 0, f"{page_path}: {untypeset} math elements were not typeset"
         assert not broken_images, f"{page_path}: images failed to load: {broken_images}"
@@ -173,7 +178,7 @@ def test_search_finds_a_chapter_offline(browser, server):
     visit = Visit(browser, server)
     try:
         page = visit.page
-        page.click("label[for='__search']")
+        page.click("input.md-search__input")
         page.fill("input.md-search__input", "softmax")
         page.wait_for_selector(".md-search-result__item", timeout=15000)
         assert page.locator(".md-search-result__item").count() > 0
