@@ -53,7 +53,9 @@ class Chapter:
         self.out = Path(args.out) if args.out else REPO / "docs" / "generated" / slug
         self.out.mkdir(parents=True, exist_ok=True)
         self.written: list[str] = []
-        print(f"[{slug}] device: {describe(self.device)}; quick: {self.quick}; out: {self.out}")
+        # the build writes into a temporary folder that then replaces docs/generated/<slug>
+        shown = f"docs/generated/{slug}" if os.environ.get("ATTNBOOK_BUILD") == "1" else self.out
+        print(f"[{slug}] device: {describe(self.device)}; quick: {self.quick}; out: {shown}")
 
     # -- randomness ---------------------------------------------------------------------
     @staticmethod
