@@ -16,15 +16,6 @@ D_MODEL, HEADS = 16, 4
 HEAD_DIM = D_MODEL // HEADS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: a second intra-op thread only adds waiting on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_mha(seed=0, bias=True):
     torch.manual_seed(seed)
     mha = MultiHeadAttention(D_MODEL, HEADS, bias=bias, dtype=torch.float64)

@@ -16,15 +16,6 @@ from attnbook.attention.kv_cache import (
 VOCAB, D_MODEL, HEADS = 11, 16, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: a second intra-op thread only adds waiting on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_decoder(dtype=torch.float64, num_kv_heads=None, seed=0, max_len=32):
     torch.manual_seed(seed)
     model = TinyDecoder(VOCAB, D_MODEL, HEADS, num_kv_heads, num_layers=2, max_len=max_len,

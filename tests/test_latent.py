@@ -16,15 +16,6 @@ from attnbook.attention.latent import (
 D_MODEL, HEADS, HEAD_DIM, D_LATENT, D_ROPE = 16, 4, 6, 10, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: a second intra-op thread only adds waiting on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_mla(d_q_latent=None, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
     return MultiHeadLatentAttention(D_MODEL, HEADS, HEAD_DIM, D_LATENT, D_ROPE, d_q_latent,

@@ -103,3 +103,14 @@ def check_key_padding_mask(mask: Tensor | None, batch: int, k_len: int) -> Tenso
             f"key_padding_mask must have shape (batch, k_len) = {(batch, k_len)}, got {tuple(mask.shape)}"
         )
     return mask
+
+
+def check_self_attention(q: Tensor, k: Tensor, v: Tensor, mechanism: str) -> int:
+    """``check_qkv`` plus equal query and key lengths; returns the number of query heads."""
+    num_heads, _ = check_qkv(q, k, v)
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(
+            f"{mechanism} is self-attention and needs q and k of the same length, "
+            f"got q {tuple(q.shape)} and k {tuple(k.shape)}"
+        )
+    return num_heads

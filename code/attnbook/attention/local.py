@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_positive_int, check_qkv, check_rank, check_tensor
+from ._checks import check_positive_int, check_rank, check_self_attention, check_tensor
 from .dot_product import repeat_kv, scaled_dot_product_attention
 
 Tensor = torch.Tensor
@@ -36,13 +36,7 @@ def _check_window(window: object) -> int:
 
 
 def _check_self_attention(q: Tensor, k: Tensor, v: Tensor) -> int:
-    num_heads, _ = check_qkv(q, k, v)
-    if q.shape[2] != k.shape[2]:
-        raise ValueError(
-            f"local attention needs q and k of the same length (self-attention), "
-            f"got q {tuple(q.shape)} and k {tuple(k.shape)}"
-        )
-    return num_heads
+    return check_self_attention(q, k, v, "local attention")
 
 
 # --8<-- [start:window_mask]
