@@ -489,6 +489,35 @@ ch.markdown("sdpa-pitfall", (
     f"{type(sdpa_attentions).__name__} of length {len(sdpa_attentions or ())}) and a warning."))
 
 # %% [markdown]
+# ## Exercise 3: is the previous-token head positional?
+# The solution on the page is this cell and its table.
+
+# %%
+# --8<-- [start:exercise-positional-head]
+def previous_token_share(ids):  # (layers, heads): average attention to the previous token
+    probs = minilm_attention_via_attnbook(model, ids.to(ch.device))[:, 0].cpu()
+    return head_statistics(probs, tokenizer.convert_ids_to_tokens(ids[0].tolist()))["previous token"]
+
+
+sentence_ids = tokenizer("The cat sat on the mat.", return_tensors="pt").input_ids
+layer, head = divmod(int(previous_token_share(sentence_ids).argmax()), model.config.num_attention_heads)
+
+generator = torch.Generator().manual_seed(0)
+probes = {
+    "the sentence itself": sentence_ids,
+    "20 random token ids": torch.randint(1000, 30000, (1, 20), generator=generator),
+    "one word repeated 20 times": torch.full((1, 20), tokenizer.convert_tokens_to_ids("cat")),
+}
+rows = []
+for name, ids in probes.items():
+    ids = ids.clone()
+    ids[0, 0], ids[0, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
+    rows.append([name, f"{layer}-{head}", f"{float(previous_token_share(ids)[layer, head]):.3f}"])
+ch.table("exercise-positional-head", ["input", "head (layer-head)", "attention to the previous token"],
+         rows, align="lcr")
+# --8<-- [end:exercise-positional-head]
+
+# %% [markdown]
 # ## Data for the interactive explorer
 
 # %%
