@@ -12,6 +12,16 @@ sys.path.insert(0, str(REPO / "scripts"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Property tests draw the same examples on every run (derandomize), so a failure is
+# reproducible and a pass cannot turn into a failure on a later run of unchanged code;
+# no example database is written into the checkout, and slow data generation on a loaded
+# machine is not an error.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("book", derandomize=True, database=None, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("book")
+
 
 @pytest.fixture(scope="session")
 def repo() -> Path:
