@@ -25,7 +25,7 @@ from torch import nn
 
 from ._checks import check_positive_int, check_rank, check_tensor
 from .dot_product import sdpa
-from .multihead import MultiHeadAttention, merge_heads, split_heads
+from .multihead import MultiHeadAttention, merge_heads, project_heads
 from .positional import LearnedPositionalEmbedding
 
 Tensor = torch.Tensor
@@ -127,13 +127,8 @@ def causal_self_attention(
     (W_Q, W_K, W_V stacked in ``in_proj_weight``). Returns (batch, new, d_model).
     """
     num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-    head_dim = out_proj_weight.shape[1] // num_heads
-    qkv = F.linear(x, in_proj_weight, in_proj_bias)
-    kv_dim = num_kv_heads * head_dim
-    q, k, v = qkv.split([num_heads * head_dim, kv_dim, kv_dim], dim=-1)
-    q = split_heads(q, num_heads)     # (batch, heads, new, head_dim)
-    k = split_heads(k, num_kv_heads)  # (batch, kv_heads, new, head_dim)
-    v = split_heads(v, num_kv_heads)
+    # q: (batch, heads, new, head_dim); k, v: (batch, kv_heads, new, head_dim)
+    q, k, v = project_heads(x, None, in_proj_weight, in_proj_bias, num_heads, num_kv_heads)
     if cache is not None:
         k, v = cache.update(layer, k, v)  # (batch, kv_heads, past + new, head_dim)
     # Bottom-right causal mask: new query i sits at position past + i and sees keys <= it.

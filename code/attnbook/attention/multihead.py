@@ -37,14 +37,25 @@ def merge_heads(x: Tensor) -> Tensor:
 # --8<-- [end:heads]
 
 
-def _project_qkv(x, memory, in_proj_weight, in_proj_bias, q_dim):
-    """Project queries from ``x`` and keys/values from ``memory`` (x itself for self-attention)."""
+# --8<-- [start:project]
+def project_heads(x, memory, in_proj_weight, in_proj_bias, num_heads, num_kv_heads):
+    """Q from ``x`` and K, V from ``memory`` (x itself for self-attention), split into heads.
+
+    ``in_proj_weight`` stacks W_Q (num_heads * head_dim rows) over W_K and W_V
+    (num_kv_heads * head_dim rows each). Returns q (batch, heads, q_len, head_dim) and
+    k, v (batch, kv_heads, k_len, head_dim).
+    """
+    head_dim = in_proj_weight.shape[0] // (num_heads + 2 * num_kv_heads)
+    q_dim = num_heads * head_dim
     if memory is None:  # self-attention: one fused matmul for Q, K and V
         qkv = F.linear(x, in_proj_weight, in_proj_bias)
-        return qkv[..., :q_dim], qkv[..., q_dim:]
-    w_q, w_kv = in_proj_weight[:q_dim], in_proj_weight[q_dim:]
-    b_q, b_kv = (None, None) if in_proj_bias is None else (in_proj_bias[:q_dim], in_proj_bias[q_dim:])
-    return F.linear(x, w_q, b_q), F.linear(memory, w_kv, b_kv)
+        q, kv = qkv[..., :q_dim], qkv[..., q_dim:]
+    else:  # cross-attention: W_Q's rows act on x, the rest on memory
+        b_q, b_kv = (None, None) if in_proj_bias is None else (in_proj_bias[:q_dim], in_proj_bias[q_dim:])
+        q, kv = F.linear(x, in_proj_weight[:q_dim], b_q), F.linear(memory, in_proj_weight[q_dim:], b_kv)
+    k, v = kv.chunk(2, dim=-1)
+    return split_heads(q, num_heads), split_heads(k, num_kv_heads), split_heads(v, num_kv_heads)
+# --8<-- [end:project]
 
 
 # --8<-- [start:functional]
@@ -73,12 +84,8 @@ def multi_head_attention(
     weights (batch, heads, q_len, k_len); otherwise the fused SDPA kernel runs.
     """
     num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-    head_dim = out_proj_weight.shape[1] // num_heads
-    q, kv = _project_qkv(x, memory, in_proj_weight, in_proj_bias, num_heads * head_dim)
-    k, v = kv.chunk(2, dim=-1)
-    q = split_heads(q, num_heads)      # (batch, heads, q_len, head_dim)
-    k = split_heads(k, num_kv_heads)   # (batch, kv_heads, k_len, head_dim)
-    v = split_heads(v, num_kv_heads)
+    # q: (batch, heads, q_len, head_dim); k, v: (batch, kv_heads, k_len, head_dim)
+    q, k, v = project_heads(x, memory, in_proj_weight, in_proj_bias, num_heads, num_kv_heads)
     mask = attn_mask
     if key_padding_mask is not None:
         mask = combine_masks(mask, key_padding_to_attn_mask(key_padding_mask))
