@@ -10,9 +10,12 @@ succeeds does that folder replace ``docs/generated/<slug>/``; a failing chapter 
 with the tail of its output, its previous outputs stay in place, and the build exits
 non-zero without building the site.
 
-A chapter runs again only when its cache key changes: a hash of the script, every file of
-the ``attnbook`` library, the pinned requirements, this runner, the device and the mode.
-``docs/generated/manifest.json`` records what ran, where, and how long it took.
+A chapter runs again when its cache key changes (a hash of the script, every file of the
+``attnbook`` library, the pinned requirements, this runner, the device and the mode), and
+also when its outputs are not the ones this build wrote: ``docs/generated/manifest.json``
+records a fingerprint of every output file, so a chapter run by hand (say with
+``--quick``) into ``docs/generated/<slug>/`` is noticed and run again before the site
+publishes anything. The manifest also records where each chapter ran and how long it took.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -100,11 +104,31 @@ def read_manifest(layout: Layout) -> dict:
         return {}
 
 
+def fingerprints(folder: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file a chapter wrote (what the manifest records)."""
+    if not folder.is_dir():
+        return {}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()[:32]
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def stale_chapters(layout: Layout, slugs, device: str, quick: bool) -> list[str]:
+    """Chapters whose key changed, or whose outputs are not exactly what the build wrote."""
     manifest, lib = read_manifest(layout), library_digest(layout)
     return [s for s in slugs
             if manifest.get(s, {}).get("key") != chapter_key(layout, s, device, quick, lib)
-            or not (layout.generated / s).is_dir()]
+            or manifest.get(s, {}).get("outputs") != fingerprints(layout.generated / s)]
+
+
+def write_manifest(layout: Layout, manifest: dict) -> None:
+    """Write the manifest only when it changed: ``mkdocs serve`` watches docs/, and a rewrite
+    of an unchanged file would trigger another rebuild (and, with a failing chapter, a loop)."""
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    if not layout.manifest.exists() or layout.manifest.read_text() != text:
+        layout.generated.mkdir(parents=True, exist_ok=True)
+        tmp = layout.manifest.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(layout.manifest)
 
 
 # -- running one chapter ----------------------------------------------------------------
@@ -117,13 +141,104 @@ def execute_notebook(script: Path, out: Path, timeout: int) -> None:
     import jupytext
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
 
     notebook = jupytext.read(script)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", record_timing=False,
                             allow_errors=False, resources={"metadata": {"path": str(script.parent)}})
-    client.execute()
-    nbformat.write(notebook, out / f"{script.stem}.ipynb")
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        raise SystemExit(describe_failure(script, notebook, exc)) from None
+    nbformat.write(for_readers(notebook), out / f"{script.stem}.ipynb")
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def script_line(script_text: str, cell_source: str, line_in_cell: int) -> int | None:
+    """The line of the script on which line ``line_in_cell`` (1-based) of a cell stands."""
+    start = script_text.find(cell_source)
+    if start < 0 or not cell_source:
+        return None
+    return script_text.count("\n", 0, start) + line_in_cell
+
+
+def describe_failure(script: Path, notebook, exc) -> str:
+    """The error of a failed chapter, in terms of the script's own file and lines.
+
+    Jupyter reports "Cell In[7], line 31" with terminal colours; a reader of the build log
+    wants ``code/chapters/<slug>.py, line 212`` and plain text.
+    """
+    text = script.read_text(encoding="utf-8")
+    # "Cell In[k]" names the cell whose execution count is k (a traceback can pass through
+    # functions defined in earlier cells)
+    by_count = {c.get("execution_count"): c.source for c in notebook.cells if c.cell_type == "code"}
+    message, shown, where = ANSI.sub("", str(exc)), _shown_path(script), None
+
+    def replace(match):
+        nonlocal where
+        source = by_count.get(int(match.group(1))) if match.group(1) else None
+        line = script_line(text, source, int(match.group(2))) if source else None
+        if line is None:
+            return match.group(0)
+        where = f"{shown}, line {line}"
+        return where
+
+    message = re.sub(r"Cell In\[(\d*)\], line (\d+)", replace, message)
+    error = f"{getattr(exc, 'ename', 'Error')}: {getattr(exc, 'evalue', '')}".strip()
+    return f"{message.rstrip()}\n\n{error}\n  at {where or shown}"
+
+
+def _shown_path(script: Path) -> str:
+    try:
+        return str(script.resolve().relative_to(REPO))
+    except ValueError:
+        return str(script)
+
+
+SNIPPET_MARKER = re.compile(r"^[ \t]*# --8<-- \[(start|end):[^\]]*\][ \t]*\n?", re.M)
+PATH_REPR = re.compile(r"^\[?(Posix|Windows)Path\(")
+INSTALL_CELL = """\
+# Run it yourself. Inside a clone of the book this cell does nothing. Anywhere else, put
+# this notebook next to the book's package, attnbook-*.whl (the "Download the package"
+# button on the chapter's page), and run the cell once: it installs the package and its
+# dependencies (torch, numpy, einops, matplotlib). Outputs go to <slug>-outputs/ here.
+import importlib.util
+import pathlib
+import subprocess
+import sys
+
+if importlib.util.find_spec("attnbook") is None:
+    wheels = sorted(pathlib.Path().glob("attnbook-*.whl"))
+    if not wheels:
+        raise RuntimeError("attnbook is not installed and no attnbook-*.whl is next to this notebook: "
+                           "download it from the chapter's page into this folder")
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", str(wheels[-1])])
+"""
+
+
+def for_readers(notebook):
+    """The executed notebook as readers get it: section markers stripped from the code, no
+    outputs that only echo the builder's temporary paths, and a first cell that installs
+    the book's package when the notebook runs outside the repository."""
+    import nbformat
+
+    cells = []
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.source = SNIPPET_MARKER.sub("", cell.source)
+            cell.outputs = [o for o in cell.outputs if not (
+                o.get("output_type") == "execute_result"
+                and PATH_REPR.match(o.get("data", {}).get("text/plain", "")))]
+        cells.append(cell)
+    install = nbformat.v4.new_code_cell(INSTALL_CELL)
+    install.id = "install-attnbook"
+    first_code = next((i for i, c in enumerate(cells) if c.cell_type == "code"), len(cells))
+    cells.insert(first_code, install)
+    notebook.cells = cells
+    return notebook
 
 
 def run_chapter(layout: Layout, slug: str, device: str, quick: bool, timeout: int, threads: int) -> Result:
@@ -204,9 +319,9 @@ def build_chapters(layout: Layout, slugs=None, device: str = "auto", jobs: int =
     for r in ran:
         if r.status == "ran":
             manifest[r.slug] = {"key": chapter_key(layout, r.slug, device, quick, lib), "device": device,
-                                "quick": quick, "seconds": round(r.seconds, 1), **machine}
-    layout.generated.mkdir(parents=True, exist_ok=True)
-    layout.manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+                                "quick": quick, "seconds": round(r.seconds, 1), **machine,
+                                "outputs": fingerprints(layout.generated / r.slug)}
+    write_manifest(layout, manifest)
     return results + ran
 
 

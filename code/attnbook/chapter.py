@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import random
 import sys
 from pathlib import Path
@@ -23,10 +24,51 @@ from .device import CHOICES, describe, resolve_device
 from .viz import save_themed
 
 REPO = Path(__file__).resolve().parents[2]
+# Inside a clone of the book the package lives in code/attnbook; installed from the wheel
+# that the site publishes, it lives in site-packages and there is no book around it.
+IN_CLONE = (REPO / "mkdocs.yml").is_file() and (REPO / "code" / "chapters").is_dir()
 
 
 def _in_notebook() -> bool:
     return "ipykernel" in sys.modules
+
+
+def default_out(slug: str) -> Path:
+    """Where a chapter writes when neither ``--out`` nor the build says otherwise.
+
+    In a clone: ``docs/generated/<slug>/`` (the build notices outputs it did not write
+    and runs the chapter again before it publishes anything). Anywhere else, e.g. a
+    downloaded notebook: ``<slug>-outputs/`` next to the notebook (the current folder).
+    """
+    if IN_CLONE:
+        return REPO / "docs" / "generated" / slug
+    return Path.cwd() / f"{slug}-outputs"
+
+
+def figure_alt_text(slug: str, name: str) -> str:
+    """The alt text the chapter's page gives figure ``name`` (a generic one outside a clone)."""
+    if IN_CLONE:
+        link = re.compile(r"!\[([^\]]+)\]\([^)]*generated/" + re.escape(slug) + "/"
+                          + re.escape(name) + r"-light\.")
+        for page in sorted((REPO / "docs").rglob(f"{slug}.md")):
+            found = link.search(page.read_text(encoding="utf-8"))
+            if found:
+                return " ".join(found.group(1).split())
+    return f"Figure '{name}' of the chapter '{slug}'"
+
+
+def _show_image(path: Path, alt: str) -> None:
+    """Show a saved figure in the notebook as an <img> with alt text (plain text for other front ends)."""
+    import base64
+    import html
+
+    from IPython.display import display
+
+    mime = {".svg": "image/svg+xml", ".png": "image/png", ".gif": "image/gif"}[path.suffix.lower()]
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    tag = (f'<img src="data:{mime};base64,{data}" alt="{html.escape(alt)}" '
+           f'style="max-width:100%;height:auto">')
+    display({"text/html": tag, "text/plain": f"[figure: {alt}]"}, raw=True)
 
 
 class Chapter:
@@ -45,17 +87,27 @@ class Chapter:
                             help="smaller sizes, for tests: same outputs, less work")
         parser.add_argument("--out", default=os.environ.get("ATTNBOOK_OUT"),
                             help="output folder (default: docs/generated/<slug>)")
-        argv = [] if argv is None and _in_notebook() else argv
-        args, _ = parser.parse_known_args(argv)
+        in_notebook = argv is None and _in_notebook()
+        # a notebook kernel has its own command line: ignore it; a script rejects unknown options
+        args = parser.parse_args([] if in_notebook else argv)
         self.slug = slug
-        self.device = resolve_device(args.device)
+        try:
+            self.device = resolve_device(args.device)
+        except RuntimeError as exc:  # CUDA asked for and absent: the message, not a traceback
+            if in_notebook:
+                raise
+            parser.exit(2, f"error: {exc}\n")
         self.quick = bool(args.quick)
-        self.out = Path(args.out) if args.out else REPO / "docs" / "generated" / slug
+        self.out = Path(args.out) if args.out else default_out(slug)
         self.out.mkdir(parents=True, exist_ok=True)
         self.written: list[str] = []
+        by_build = os.environ.get("ATTNBOOK_BUILD") == "1"
         # the build writes into a temporary folder that then replaces docs/generated/<slug>
-        shown = f"docs/generated/{slug}" if os.environ.get("ATTNBOOK_BUILD") == "1" else self.out
+        shown = f"docs/generated/{slug}" if by_build else self.out
         print(f"[{slug}] device: {describe(self.device)}; quick: {self.quick}; out: {shown}")
+        if not by_build and IN_CLONE and self.out.resolve() == default_out(slug).resolve():
+            print(f"[{slug}] note: this run writes into the book's docs/generated/{slug}/; the site does not "
+                  "publish outputs the build did not write: `python scripts/build.py` runs the chapter again.")
 
     # -- randomness ---------------------------------------------------------------------
     @staticmethod
@@ -79,8 +131,7 @@ class Chapter:
         """Save ``draw(theme)`` as ``<name>-light.<fmt>`` and ``<name>-dark.<fmt>``."""
         paths = [self._record(p) for p in save_themed(draw, self.out, name, fmt)]
         if _in_notebook():
-            from IPython.display import SVG, Image, display
-            display(SVG(filename=str(paths[0])) if fmt == "svg" else Image(filename=str(paths[0])))
+            _show_image(paths[0], figure_alt_text(self.slug, name))
         return paths
 
     def markdown(self, name: str, text: str) -> Path:

@@ -7,6 +7,11 @@
  * Everything is served by the site itself; nothing is fetched from elsewhere.
  * State is mirrored on the root element (data-sentence, data-layer, data-head,
  * data-token) so that it can be inspected, and tested, from outside.
+ *
+ * Keyboard: the tokens and the layer × head grid are one tab stop each (roving focus);
+ * the arrow keys (and Home/End) move inside them. Screen readers get the weights as
+ * text: each token's label carries its weight, a live line names the strongest keys,
+ * and a visually hidden table holds the current head's matrix.
  */
 (function () {
   "use strict";
@@ -128,6 +133,10 @@
 
     build() {
       const d = this.data;
+      window.addEventListener("resize", () => {
+        clearTimeout(this.resizeTimer);
+        this.resizeTimer = setTimeout(() => this.render(), 150);
+      });
       const [sLabel, sentence] = select("Sentence", "ae-sentence", d.sentences.map((s, i) => [i, s.text]));
       const [lLabel, layer] = select("Layer", "ae-layer", [...Array(d.num_layers).keys()].map((i) => [i, `layer ${i}`]));
       const [hLabel, head] = select("Head", "ae-head", [...Array(d.num_heads).keys()].map((i) => [i, `head ${i}`]));
@@ -139,9 +148,10 @@
       save.addEventListener("click", () => this.savePng());
 
       this.role = el("p", { class: "ae-role", "aria-live": "polite" });
-      this.tokens = el("div", { class: "ae-tokens", role: "group", "aria-label": "Tokens: focus or hover one to see what it attends to" });
+      this.tokens = el("div", { class: "ae-tokens", role: "toolbar", "aria-label": "Tokens: focus or hover one to see what it attends to; arrow keys move" });
       this.matrixCanvas = el("canvas", { class: "ae-matrix", role: "img" });
-      this.grid = el("div", { class: "ae-grid", role: "group", "aria-label": "Overview of every layer and head: choose one" });
+      this.table = el("table");
+      this.grid = el("div", { class: "ae-grid", role: "group", "aria-label": "Overview of every layer and head: choose one; arrow keys move" });
       this.gridCells = [];
       for (let l = 0; l < d.num_layers; l++) {
         const row = el("div", { class: "ae-grid-row" }, [el("span", { class: "ae-grid-label", text: `L${l}` })]);
@@ -150,7 +160,8 @@
           const cell = el("button", {
             class: "ae-cell", type: "button", "data-layer": l, "data-head": h,
             "aria-label": `layer ${l}, head ${h}${role ? ": " + role : ""}`, title: `layer ${l}, head ${h}${role ? " — " + role : ""}`,
-          }, [el("canvas", { class: "ae-thumb" })]);
+            tabindex: l === 0 && h === 0 ? "0" : "-1",
+          }, [el("canvas", { class: "ae-thumb", "aria-hidden": "true" })]);
           cell.addEventListener("click", () => this.set({ layer: l, head: h }));
           cell.addEventListener("keydown", (e) => this.gridKey(e, l, h));
           row.appendChild(cell);
@@ -160,7 +171,8 @@
       }
       const bar = el("div", { class: "ae-controls" }, [sLabel, sentence, lLabel, layer, hLabel, head, save]);
       const main = el("div", { class: "ae-main" }, [
-        el("div", { class: "ae-left" }, [this.tokens, this.role, this.matrixCanvas]),
+        el("div", { class: "ae-left" }, [this.tokens, this.role, this.matrixCanvas,
+          el("div", { class: "ae-sr" }, [this.table])]),
         el("div", { class: "ae-right" }, [el("p", { class: "ae-caption", text: "All layers × heads" }), this.grid]),
       ]);
       this.root.replaceChildren(bar, main);
@@ -174,21 +186,24 @@
     }
 
     gridKey(event, l, h) {
-      const moves = { ArrowRight: [0, 1], ArrowLeft: [0, -1], ArrowDown: [1, 0], ArrowUp: [-1, 0] };
+      const d = this.data;
+      const moves = { ArrowRight: [0, 1], ArrowLeft: [0, -1], ArrowDown: [1, 0], ArrowUp: [-1, 0],
+                      Home: [-l, -h], End: [d.num_layers - 1 - l, d.num_heads - 1 - h] };
       const move = moves[event.key];
       if (!move) return;
       event.preventDefault();
-      const nl = Math.max(0, Math.min(this.data.num_layers - 1, l + move[0]));
-      const nh = Math.max(0, Math.min(this.data.num_heads - 1, h + move[1]));
+      const nl = Math.max(0, Math.min(d.num_layers - 1, l + move[0]));
+      const nh = Math.max(0, Math.min(d.num_heads - 1, h + move[1]));
       this.set({ layer: nl, head: nh });
       this.gridCells[nl * this.data.num_heads + nh].focus();
     }
 
     tokenKey(event, i) {
-      const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[event.key];
+      const buttons = this.tokens.querySelectorAll(".ae-token");
+      const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1,
+                     Home: -buttons.length, End: buttons.length }[event.key];
       if (!step) return;
       event.preventDefault();
-      const buttons = this.tokens.querySelectorAll(".ae-token");
       const next = Math.max(0, Math.min(buttons.length - 1, i + step));
       buttons[next].focus();
     }
@@ -197,7 +212,7 @@
       const tokens = this.sentence.tokens;
       if (this.tokens.childElementCount !== tokens.length || this.tokens.dataset.sentence !== String(this.state.sentence)) {
         this.tokens.replaceChildren(...tokens.map((t, i) => {
-          const b = el("button", { class: "ae-token", type: "button", "data-index": i, text: t });
+          const b = el("button", { class: "ae-token", type: "button", "data-index": i, text: t, tabindex: i === 0 ? "0" : "-1" });
           b.addEventListener("mouseenter", () => this.set({ token: i }));
           b.addEventListener("focus", () => this.set({ token: i }));
           b.addEventListener("keydown", (e) => this.tokenKey(e, i));
@@ -210,19 +225,39 @@
         const isQuery = q === j;
         b.classList.toggle("ae-query", isQuery);
         b.setAttribute("aria-pressed", isQuery ? "true" : "false");
+        b.setAttribute("tabindex", j === (q === null ? 0 : q) ? "0" : "-1");  // roving focus
         if (q === null) {
           b.style.background = "";
           b.style.color = "";
           b.removeAttribute("data-weight");
+          b.setAttribute("aria-label", tokens[j]);
           b.title = "hover or focus to see what this token attends to";
         } else {
           const w = this.matrix[q][j];
           b.style.background = shade(w, pal);
           b.style.color = w > 0.45 ? (pal.bg[0] > 128 ? "#ffffff" : "#10131a") : "";
           b.setAttribute("data-weight", w.toFixed(3));
+          b.setAttribute("aria-label", isQuery ? `${tokens[j]} (query), weight on itself ${w.toFixed(3)}`
+                                                : `${tokens[j]}, weight ${w.toFixed(3)}`);
           b.title = `${tokens[q]} → ${tokens[j]}: ${w.toFixed(3)}`;
         }
       });
+    }
+
+    strongest(q, k) {
+      const row = this.matrix[q].map((w, j) => [w, j]).sort((a, b) => b[0] - a[0]).slice(0, k);
+      return row.map(([w, j]) => `“${this.sentence.tokens[j]}” ${w.toFixed(2)}`).join(", ");
+    }
+
+    renderTable() {
+      // the current head's weights as a table, for screen readers (visually hidden)
+      const tokens = this.sentence.tokens;
+      const caption = el("caption", { text: `Attention weights of layer ${this.state.layer}, head ${this.state.head}: rows are queries, columns are keys.` });
+      const head = el("tr", {}, [el("th", { scope: "col", text: "query \\ key" }),
+        ...tokens.map((t) => el("th", { scope: "col", text: t }))]);
+      const rows = this.matrix.map((row, i) => el("tr", {}, [el("th", { scope: "row", text: tokens[i] }),
+        ...row.map((w) => el("td", { text: w.toFixed(2) }))]));
+      this.table.replaceChildren(caption, el("thead", {}, [head]), el("tbody", {}, rows));
     }
 
     render() {
@@ -240,17 +275,24 @@
       const role = roles[layer] && roles[layer][head];
       const tokens = this.sentence.tokens;
       this.role.textContent = `Layer ${layer}, head ${head}${role ? ` — measured role: ${role}` : ""}.` +
-        (token === null ? " Hover or focus a token." : ` Row: what “${tokens[token]}” attends to.`);
-      const cell = Math.max(10, Math.min(28, Math.floor(380 / tokens.length)));
+        (token === null ? " Hover or focus a token."
+                        : ` Row: what “${tokens[token]}” attends to; strongest: ${this.strongest(token, 3)}.`);
+      // fit the column: about 380 px for the matrix on a desktop, less on a phone
+      const room = Math.max(160, Math.min(380, this.root.clientWidth - 110));
+      const cell = Math.max(6, Math.min(28, Math.floor(room / tokens.length)));
       drawMatrix(this.matrixCanvas, this.matrix, token, pal, cell, tokens);
       this.matrixCanvas.setAttribute("aria-label",
-        `Attention matrix of layer ${layer}, head ${head}: rows are queries, columns are keys, darker means more weight.`);
+        `Attention matrix of layer ${layer}, head ${head}: rows are queries, columns are keys, stronger colour means more weight. The table that follows lists the numbers.`);
+      this.renderTable();
+      const gridRoom = Math.max(120, Math.min(480, this.root.clientWidth - 40)) - 28;
+      const thumb = Math.max(1, Math.min(2, Math.floor(gridRoom / this.data.num_heads / (tokens.length + 2))));
       this.gridCells.forEach((c) => {
         const l = +c.dataset.layer, h = +c.dataset.head;
-        drawMatrix(c.firstChild, this.sentence.attention[l][h], null, pal, 2);
+        drawMatrix(c.firstChild, this.sentence.attention[l][h], null, pal, thumb);
         const current = l === layer && h === head;
         c.classList.toggle("ae-current", current);
         c.setAttribute("aria-pressed", current ? "true" : "false");
+        c.setAttribute("tabindex", current ? "0" : "-1");  // roving focus: one tab stop for the grid
       });
     }
 
@@ -258,10 +300,10 @@
       // A self-contained picture of the current view: title, matrix and token labels.
       const pal = palette();
       const tokens = this.sentence.tokens;
-      const n = tokens.length, cell = 24, margin = 110, top = 40;
+      const n = tokens.length, cell = 24, margin = 110, top = 40, scaleWidth = 70;
       const canvas = document.createElement("canvas");
-      canvas.width = margin + n * cell + 20;
-      canvas.height = top + margin + n * cell;
+      canvas.width = margin + n * cell + 20 + scaleWidth;
+      canvas.height = Math.max(top + margin + n * cell, top + 220);
       const ctx = canvas.getContext("2d");
       ctx.fillStyle = `rgb(${pal.bg.join(",")})`;
       ctx.fillRect(0, 0, canvas.width, canvas.height);
@@ -279,7 +321,6 @@
           ctx.fillRect(margin + j * cell, top + i * cell, cell, cell);
         }
       }
-      ctx.save();
       for (let j = 0; j < n; j++) {
         ctx.save();
         ctx.translate(margin + j * cell + cell * 0.6, top + n * cell + 6);
@@ -289,7 +330,29 @@
         ctx.fillText(tokens[j], 0, 0);
         ctx.restore();
       }
-      ctx.restore();
+      const q = this.state.token;
+      if (q !== null) {  // the selected query's row, as on the page
+        ctx.strokeStyle = pal.accent;
+        ctx.lineWidth = 2;
+        ctx.strokeRect(margin + 1, top + q * cell + 1, n * cell - 2, cell - 2);
+        ctx.textAlign = "left";
+        ctx.fillStyle = pal.fg;
+        ctx.fillText(`row: “${tokens[q]}”`, 10, top - 8);
+      }
+      // the colour scale: 0 (page background) to 1 (strongest)
+      const x = margin + n * cell + 24, barHeight = 160;
+      for (let y = 0; y < barHeight; y++) {
+        ctx.fillStyle = shade(1 - y / (barHeight - 1), pal);
+        ctx.fillRect(x, top + y, 14, 1);
+      }
+      ctx.strokeStyle = pal.fg;
+      ctx.lineWidth = 1;
+      ctx.strokeRect(x + 0.5, top + 0.5, 14, barHeight);
+      ctx.fillStyle = pal.fg;
+      ctx.textAlign = "left";
+      ctx.fillText("1", x + 20, top + 8);
+      ctx.fillText("0", x + 20, top + barHeight);
+      ctx.fillText("weight", x - 4, top + barHeight + 18);
       const link = document.createElement("a");
       link.download = `attention-s${this.state.sentence}-l${this.state.layer}-h${this.state.head}.png`;
       link.href = canvas.toDataURL("image/png");

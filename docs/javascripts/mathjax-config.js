@@ -21,7 +21,7 @@ window.MathJax = {
           MathJax.startup.output.clearCache();
           MathJax.typesetClear();
           MathJax.texReset();
-          MathJax.typesetPromise();
+          MathJax.typesetPromise().then(() => window.attnbookMarkWideMath && window.attnbookMarkWideMath());
         });
       }
     },

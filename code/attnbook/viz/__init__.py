@@ -5,9 +5,12 @@ function, and saved deterministically (no dates or software tags in the files, f
 SVG ids), so that unchanged inputs give byte-identical files.
 """
 from .style import (
+    COLUMN_INCHES,
+    MIN_FONT_PT,
     PALETTE,
     THEMES,
     attention_cmap,
+    check_legible,
     colors,
     save_figure,
     save_themed,
@@ -16,6 +19,6 @@ from .style import (
 from .plots import animate_heatmaps, head_grid, heatmap, token_links
 
 __all__ = [
-    "PALETTE", "THEMES", "animate_heatmaps", "attention_cmap", "colors", "head_grid",
+    "COLUMN_INCHES", "MIN_FONT_PT", "PALETTE", "THEMES", "check_legible", "animate_heatmaps", "attention_cmap", "colors", "head_grid",
     "heatmap", "save_figure", "save_themed", "theme_style", "token_links",
 ]

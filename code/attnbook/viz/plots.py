@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.animation import FuncAnimation, PillowWriter
 
-from .style import attention_cmap, colors, theme_style
+from .style import COLUMN_INCHES, MIN_FONT_PT, attention_cmap, colors, theme_style
 
 
 def _as_numpy(weights) -> np.ndarray:
@@ -56,6 +56,7 @@ def head_grid(weights, tokens: Sequence[str] | None = None, *, theme: str = "lig
     if w.ndim != 4:
         raise ValueError(f"weights must be (rows, cols, q_len, k_len) or (cols, q_len, k_len), got {w.shape}")
     rows, cols = w.shape[:2]
+    cell = min(cell, (COLUMN_INCHES - 0.6) / cols)  # the whole grid fits the text column
     fig, axes = plt.subplots(rows, cols, figsize=(cell * cols + 0.6, cell * rows + 0.4), squeeze=False)
     cmap = attention_cmap(theme)
     for r in range(rows):
@@ -67,13 +68,15 @@ def head_grid(weights, tokens: Sequence[str] | None = None, *, theme: str = "lig
             for spine in ax.spines.values():
                 spine.set_visible(True)
                 spine.set_color(colors(theme)["grid"])
-            if r == 0:
-                ax.set_title(f"{col_label} {c}", fontsize=8)
+            if r == 0:  # narrow cells (many heads) get the number only, the word once above
+                ax.set_title(f"{col_label} {c}" if cols <= 6 else str(c), fontsize=MIN_FONT_PT)
             if c == 0 and rows > 1:
                 ax.set_ylabel(f"{row_label} {r}", fontsize=8)
             if show_labels and tokens is not None and r == rows - 1:
                 ax.set_xticks(range(len(tokens)))
-                ax.set_xticklabels(tokens, rotation=90, fontsize=5)
+                ax.set_xticklabels(tokens, rotation=90, fontsize=MIN_FONT_PT)
+    if cols > 6:
+        fig.suptitle(col_label, fontsize=MIN_FONT_PT + 1)
     fig.tight_layout(pad=0.3)
     return fig
 

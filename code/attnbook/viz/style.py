@@ -10,8 +10,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 
 THEMES = ("light", "dark")
+
+# --8<-- [start:legibility]
+# Figures are drawn for the column they live in: about 690 px on a desktop, 360 px on a
+# phone (where a reader can enlarge them). A figure wider than the column is shrunk to fit
+# it, and its text with it, so the size is capped here and text has a floor.
+COLUMN_INCHES = 6.8   # widest figure, in inches (at 100 dpi, about the column's width)
+MIN_FONT_PT = 8.0     # smallest text, tick labels included
+# --8<-- [end:legibility]
 
 # Okabe–Ito: distinguishable with the common colour-vision deficiencies.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -57,8 +66,24 @@ def theme_style(theme: str):
         yield c
 
 
+def check_legible(fig, name: str = "figure") -> None:
+    """Raise ``ValueError`` if ``fig`` is wider than the column or has text under the floor.
+
+    Call it on a drawn figure (after ``savefig``), so that tick labels have their text.
+    """
+    width = float(fig.get_size_inches()[0])
+    if width > COLUMN_INCHES + 1e-6:
+        raise ValueError(f"{name}: the figure is {width:.2f} in wide, wider than the text column "
+                         f"({COLUMN_INCHES} in): stack its panels in rows (at most 2-3 per row)")
+    small = sorted({(round(t.get_fontsize(), 1), t.get_text()[:20]) for t in fig.findobj(Text)
+                    if t.get_visible() and t.get_text().strip() and t.get_fontsize() < MIN_FONT_PT - 1e-6})
+    if small:
+        raise ValueError(f"{name}: text smaller than {MIN_FONT_PT} pt cannot be read in the column: "
+                         f"{small[:5]} (size, text)")
+
+
 def save_figure(fig, path: str | Path) -> Path:
-    """Save ``fig`` without timestamps or software tags, then close it."""
+    """Save ``fig`` without timestamps or software tags, check it is legible, then close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
@@ -67,8 +92,14 @@ def save_figure(fig, path: str | Path) -> Path:
         metadata = {"Software": None}
     elif suffix == ".svg":
         metadata = {"Date": None, "Creator": None}
-    fig.savefig(path, metadata=metadata, bbox_inches="tight", pad_inches=0.05)
-    plt.close(fig)
+    try:
+        fig.savefig(path, metadata=metadata, bbox_inches="tight", pad_inches=0.05)
+        check_legible(fig, path.name)
+    except ValueError:
+        path.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
     return path
 
 
