@@ -216,6 +216,7 @@ if importlib.util.find_spec("attnbook") is None:
         raise RuntimeError("attnbook is not installed and no attnbook-*.whl is next to this notebook: "
                            "download it from the chapter's page into this folder")
     subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", str(wheels[-1])])
+    importlib.invalidate_caches()  # so that this running kernel sees the new package
 """
 
 

@@ -41,6 +41,10 @@ def _build():
     return build
 
 
+def _layout():
+    return _build().Layout()
+
+
 def on_startup(command, dirty=False, **kwargs):
     _state["command"] = command
 
@@ -54,7 +58,7 @@ def on_pre_build(config, **kwargs):
     if os.environ.get("ATTNBOOK_CHAPTERS_FRESH") == "1":
         return
     build = _build()
-    layout, device = build.Layout(), os.environ.get("ATTNBOOK_DEVICE", "auto")
+    layout, device = _layout(), os.environ.get("ATTNBOOK_DEVICE", "auto")
     serving = _state["command"] == "serve"
     slugs = layout.slugs()
     if serving:  # a chapter that failed with these very inputs is not run again
@@ -62,6 +66,8 @@ def on_pre_build(config, **kwargs):
         lib = build.library_digest(layout)
         slugs = [s for s in slugs
                  if _state["failed"].get(s) != build.chapter_key(layout, s, resolved, False, lib)]
+        if not slugs:
+            return
     results = build.build_chapters(layout, slugs, device=device)
     if not build.report_failures(results):
         return

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import zipfile
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
@@ -24,6 +25,9 @@ CHROMIUM = (os.environ.get("ATTNBOOK_CHROMIUM") or shutil.which("chromium")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 EXPLORER_PAGE = "real-models/pretrained-encoder/"
+CHAPTER_PAGE, CHAPTER_SLUG = "foundations/qkv-attention/", "qkv-attention"
+AXE = REPO / "node_modules" / "axe-core" / "axe.min.js"
+PHONE = 390
 
 
 @pytest.fixture(scope="session")
@@ -75,8 +79,9 @@ def browser():
 class Visit:
     """A page opened with every request outside 127.0.0.1 aborted and every error recorded."""
 
-    def __init__(self, browser, url, color_scheme="light"):
-        self.context = browser.new_context(color_scheme=color_scheme, accept_downloads=True)
+    def __init__(self, browser, url, color_scheme="light", width=1280):
+        self.context = browser.new_context(color_scheme=color_scheme, accept_downloads=True,
+                                           viewport={"width": width, "height": 900})
         self.page = self.context.new_page()
         self.errors, self.outside = [], []
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
@@ -98,6 +103,8 @@ class Visit:
 
 
 def pytest_generate_tests(metafunc):
+    if "theme" in metafunc.fixturenames:
+        metafunc.parametrize("theme", ["light", "dark"])
     if "page_path" in metafunc.fixturenames:
         # the page list comes from the nav, so that it is known before the site is built
         import yaml
@@ -258,3 +265,157 @@ def test_explorer_works_from_the_keyboard_and_saves_png(explorer):
         page.click(".attn-explorer .ae-save")
     assert info.value.suggested_filename.endswith(".png")
     assert not visit.errors and not visit.outside
+
+
+# -- every page on a phone, and accessibility in both themes ---------------------------------------
+OVERFLOW_JS = """() => {
+  const W = document.documentElement.clientWidth, found = [];
+  for (const e of document.querySelectorAll('body *')) {
+    const r = e.getBoundingClientRect();
+    if (r.right <= W + 1 || r.width === 0 || getComputedStyle(e).position === 'fixed') continue;
+    if (e.closest('mjx-assistive-mml')) continue;  // MathJax's copy for screen readers, clipped
+    let contained = false;  // inside a box that scrolls or clips, itself within the page
+    for (let a = e.parentElement; a && a !== document.body; a = a.parentElement) {
+      const s = getComputedStyle(a);
+      if (['auto', 'scroll', 'hidden', 'clip'].includes(s.overflowX) && a.getBoundingClientRect().right <= W + 1) {
+        contained = true; break;
+      }
+    }
+    if (!contained) found.push(e.tagName.toLowerCase() + '.' + String(e.className).slice(0, 30) + ' ' + (e.textContent || '').slice(0, 40));
+  }
+  return [document.documentElement.scrollWidth, found.slice(0, 5)];
+}"""
+
+
+@pytest.mark.browser
+def test_no_page_scrolls_sideways_on_a_phone(browser, server, page_path):
+    visit = Visit(browser, server + page_path, width=PHONE)
+    try:
+        visit.page.wait_for_timeout(300)  # book.js marks wide formulas after typesetting
+        width, culprits = visit.page.evaluate(OVERFLOW_JS)
+        assert width <= PHONE, f"{page_path} is {width} px wide at {PHONE} px; too wide: {culprits}"
+    finally:
+        visit.close()
+
+
+@pytest.mark.browser
+def test_axe_finds_no_serious_accessibility_violations(browser, server, page_path, theme):
+    if not AXE.exists():
+        pytest.fail("axe-core is missing: run `npm ci` (make setup does)")
+    visit = Visit(browser, server + page_path, color_scheme=theme)
+    try:
+        page = visit.page
+        page.wait_for_timeout(300)
+        page.add_script_tag(path=str(AXE))
+        violations = page.evaluate("""async () => {
+          const result = await axe.run(document, {resultTypes: ['violations']});
+          return result.violations.filter(v => ['serious', 'critical'].includes(v.impact))
+            .map(v => `${v.id} (${v.impact}): ${v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(' | ')}`);
+        }""")
+        assert not violations, f"{page_path} ({theme}): {violations}"
+    finally:
+        visit.close()
+
+
+# -- run it yourself: the download bar ------------------------------------------------------------
+@pytest.mark.browser
+@pytest.mark.parametrize("where", [CHAPTER_PAGE, f"generated/{CHAPTER_SLUG}/{CHAPTER_SLUG}/"])
+def test_the_download_button_gives_a_valid_notebook(browser, server, where):
+    visit = Visit(browser, server + where)
+    try:
+        page = visit.page
+        button = page.locator(".ab-downloads .ab-download-notebook")
+        assert button.is_visible()
+        with page.expect_download() as info:
+            button.click()
+        assert info.value.suggested_filename == f"{CHAPTER_SLUG}.ipynb"
+        notebook = json.loads(Path(info.value.path()).read_text())
+        assert notebook["nbformat"] == 4 and len(notebook["cells"]) > 5
+        with page.expect_download() as info:
+            page.locator(".ab-downloads .ab-download-wheel").click()
+        assert info.value.suggested_filename.startswith("attnbook-") and info.value.suggested_filename.endswith(".whl")
+        assert zipfile.ZipFile(info.value.path()).namelist()
+        assert not visit.errors and not visit.outside
+    finally:
+        visit.close()
+
+
+def test_search_index_has_no_raw_tex_or_widget_labels(built_site):
+    index = json.loads((built_site / "search" / "search_index.json").read_text())
+    texts = [d.get("title", "") + " " + d.get("text", "") for d in index["docs"]]
+    for marker in ("\\[", "\\(", "\\frac", "¶", "Copied!", "$$"):
+        leaked = [t[:80] for t in texts if marker in t]
+        assert not leaked, f"search snippets show {marker!r}: {leaked[:3]}"
+
+
+@pytest.mark.browser
+def test_a_figure_opens_enlarged_in_a_lightbox(browser, server):
+    visit = Visit(browser, server + CHAPTER_PAGE)
+    try:
+        page = visit.page
+        link = page.locator("article a.glightbox:visible").first
+        link.click()
+        page.wait_for_selector(".glightbox-container .gslide-image img", state="visible", timeout=10000)
+        page.keyboard.press("Escape")
+        assert not visit.errors and not visit.outside
+    finally:
+        visit.close()
+
+
+# -- the explorer: keyboard, screen readers, no JavaScript ---------------------------------------------
+@pytest.mark.browser
+def test_explorer_is_one_tab_stop_per_widget(explorer):
+    visit, _ = explorer
+    page = visit.page
+    stops = page.evaluate("""() => [...document.querySelectorAll('.attn-explorer *')]
+        .filter(e => e.tabIndex >= 0 && !e.disabled && e.offsetParent !== null)
+        .map(e => e.className || e.tagName)""")
+    # sentence, layer and head menus, the save button, the token toolbar, the layer x head grid
+    assert len(stops) == 6, stops
+    page.focus(".ae-token[data-index='0']")
+    page.keyboard.press("End")
+    last = page.evaluate("() => document.activeElement.dataset.index")
+    assert int(last) == page.locator(".ae-token").count() - 1
+    page.keyboard.press("Tab")  # leaves the token toolbar for the next widget
+    assert page.evaluate("() => document.activeElement.classList.contains('ae-token')") is False
+    assert not visit.errors and not visit.outside
+
+
+@pytest.mark.browser
+def test_explorer_gives_screen_readers_the_weights(explorer):
+    visit, data = explorer
+    page = visit.page
+    page.focus(".ae-token[data-index='2']")
+    row = data["sentences"][0]["attention"][0][0][2]
+    label = page.get_attribute(".ae-token[data-index='4']", "aria-label")
+    assert f"{row[4]:.3f}" in label, label
+    assert "strongest" in page.text_content(".attn-explorer .ae-role")
+    cells = page.locator(".attn-explorer .ae-sr table tbody tr").count()
+    assert cells == len(data["sentences"][0]["tokens"])
+
+
+@pytest.mark.browser
+def test_explorer_saves_a_png_with_the_colour_scale(explorer):
+    visit, data = explorer
+    page = visit.page
+    page.focus(".ae-token[data-index='1']")
+    with page.expect_download() as info:
+        page.click(".attn-explorer .ae-save")
+    png = Path(info.value.path()).read_bytes()
+    width = int.from_bytes(png[16:20], "big")
+    n = len(data["sentences"][0]["tokens"])
+    assert width == 110 + 24 * n + 20 + 70, "the PNG has room for the colour scale"
+
+
+@pytest.mark.browser
+def test_explorer_without_javascript_points_to_the_static_figure(browser, server):
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.route("**/*", lambda route: route.continue_() if urlparse(route.request.url).hostname == "127.0.0.1"
+                   else route.abort())
+        page.goto(server + EXPLORER_PAGE)
+        assert "needs JavaScript" in page.text_content(".attn-explorer")
+        assert "static figure" in page.text_content(".attn-explorer")
+    finally:
+        context.close()

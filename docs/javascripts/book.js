@@ -13,7 +13,6 @@
 
   function markWideMath() {
     const article = document.querySelector("article.md-content__inner") || document.body;
-    const limit = article.clientWidth;
     const boxes = [[".md-typeset div.arithmatex", "Equation"], [".md-typeset__scrollwrap", "Table"]];
     boxes.forEach(([selector, what]) => document.querySelectorAll(selector).forEach((box) => {
       const scrolls = box.scrollWidth > box.clientWidth + 1;
@@ -28,11 +27,19 @@
         box.removeAttribute("aria-label");
       }
     }));
+    // inline formulas cannot wrap: one that runs past the column's edge gets a box of its
+    // own (it moves to the next line and scrolls if it is still too wide); in document order,
+    // since each change moves the formulas after it
+    const edge = article.getBoundingClientRect().right;
     document.querySelectorAll(".md-typeset span.arithmatex > mjx-container").forEach((math) => {
       math.classList.remove("ab-wide-inline");
-      if (math.getBoundingClientRect().width > limit) {
+      math.removeAttribute("tabindex");
+    });
+    document.querySelectorAll(".md-typeset span.arithmatex > mjx-container").forEach((math) => {
+      if (math.closest("table, .md-typeset__scrollwrap, pre")) return;  // those scroll as a whole
+      if (math.getBoundingClientRect().right > edge + 1) {
         math.classList.add("ab-wide-inline");
-        math.setAttribute("tabindex", "0");
+        if (math.scrollWidth > math.clientWidth + 1) math.setAttribute("tabindex", "0");
       }
     });
   }

@@ -150,7 +150,7 @@
       this.role = el("p", { class: "ae-role", "aria-live": "polite" });
       this.tokens = el("div", { class: "ae-tokens", role: "toolbar", "aria-label": "Tokens: focus or hover one to see what it attends to; arrow keys move" });
       this.matrixCanvas = el("canvas", { class: "ae-matrix", role: "img" });
-      this.table = el("table");
+      this.table = el("table", { class: "ae-weights" });  // (a class keeps Material's table styles off)
       this.grid = el("div", { class: "ae-grid", role: "group", "aria-label": "Overview of every layer and head: choose one; arrow keys move" });
       this.gridCells = [];
       for (let l = 0; l < d.num_layers; l++) {
