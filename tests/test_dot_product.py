@@ -273,6 +273,26 @@ def test_causal_mask_is_bottom_right_aligned():
     assert mask.tolist() == [[True, True, True, True, False], [True] * 5]
 
 
+@pytest.mark.parametrize("q_len, k_len", [(1, 1), (3, 7), (5, 5), (1, 6)])
+def test_causal_mask_equals_torchs_causal_lower_right(q_len, k_len):
+    # The chapter and the notation page name torch's own bottom-right mask as the equivalent.
+    from torch.nn.attention.bias import causal_lower_right
+    q, k, v = make_qkv(batch=1, heads=1, q_len=q_len, k_len=k_len)
+    theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(q_len, k_len))
+    ours = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(q_len, k_len))
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=TOL64)
+
+
+@pytest.mark.parametrize("q_len, k_len", [(5, 5), (3, 7)])
+def test_sdpa_with_a_mask_and_causal_ands_the_bottom_right_mask_in(q_len, k_len):
+    # sdpa builds the causal mask itself whenever a mask is given (is_causal cannot be
+    # combined with attn_mask), for square inputs too; the result must equal the AND.
+    q, k, v = make_qkv(q_len=q_len, k_len=k_len)
+    mask = random_mask((2, 1, q_len, k_len), seed=3)  # key 0 is kept by it and by causal_mask
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask & causal_mask(q_len, k_len))
+    torch.testing.assert_close(sdpa(q, k, v, mask, causal=True), expected, rtol=0, atol=TOL64)
+
+
 # -- permutation equivariance -----------------------------------------------------------------
 
 @settings(max_examples=25, deadline=None)

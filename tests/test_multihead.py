@@ -116,6 +116,38 @@ def test_wrong_merge_order_mixes_tokens():
 # --8<-- [end:merge-pitfall]
 
 
+def test_reshape_follows_logical_order_and_copies_when_strides_forbid_a_view():
+    # The chapter's claim: reshape reads elements in logical row-major order, whatever the
+    # memory layout, returning a view when it can and a copy when it cannot.
+    x = torch.arange(12).reshape(3, 4)
+    transposed = x.t()                                   # (4, 3), not contiguous
+    flat = transposed.reshape(-1)
+    assert flat.tolist() == [x[i, j].item() for j in range(4) for i in range(3)]
+    assert flat.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()  # a copy
+    with pytest.raises(RuntimeError):
+        transposed.view(-1)                              # view cannot express this order
+    assert x.reshape(4, 3).data_ptr() == x.data_ptr()    # contiguous: a view
+
+
+def test_merge_without_transpose_keeps_only_the_first_and_last_entries_in_place():
+    # Exercise 3 of the chapter: h = 2 heads (a, b), 3 tokens, head_dim 1, batch 1.
+    heads = torch.tensor([[[[0.0], [1.0], [2.0]], [[10.0], [11.0], [12.0]]]])  # a_t = t, b_t = 10 + t
+    right = merge_heads(heads)                            # (1, 3, 2): row t = (a_t, b_t)
+    wrong = heads.reshape(1, 3, 2)
+    assert right[0].tolist() == [[0, 10], [1, 11], [2, 12]]
+    in_place = (wrong == right)[0]
+    assert in_place.tolist() == [[True, False], [False, False], [False, True]]
+
+
+def test_torch_multihead_attention_returns_weights_unless_told_not_to():
+    # Pins the chapter's remark: attnbook defaults to need_weights=False, torch to True.
+    layer = nn.MultiheadAttention(8, 2, batch_first=True)
+    x = torch.randn(1, 3, 8, generator=_gen(0))
+    assert layer(x, x, x)[1] is not None
+    assert layer(x, x, x, need_weights=False)[1] is None
+    assert MultiHeadAttention(8, 2)(x)[1] is None
+
+
 # ---------------------------------------------------------------------------------------
 # Same numbers as torch.nn.MultiheadAttention
 # ---------------------------------------------------------------------------------------

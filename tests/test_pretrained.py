@@ -205,3 +205,21 @@ def test_head_statistics_measure_hand_made_patterns():
 def test_classify_heads_labels_each_pattern():
     labels = classify_heads(head_statistics(_patterns(), TOKENS))
     assert labels == [["previous token", "next token", "[CLS]", "broad"]]
+
+
+def test_a_share_of_exactly_one_half_is_not_enough_for_a_label():
+    # Clark et al.'s criterion is "more than 50%": a head at exactly 0.5 stays unlabelled.
+    stats = head_statistics(_patterns(), TOKENS)
+    for role in ("previous token", "next token", "self", "[CLS]", "[SEP]", "punctuation"):
+        stats[role] = torch.zeros_like(stats[role])
+    stats["[CLS]"][0, 0], stats["[CLS]"][0, 1] = 0.5, 0.5 + 1e-6
+    stats["broadness"] = torch.zeros_like(stats["broadness"])
+    labels = classify_heads(stats, threshold=0.5)
+    assert labels[0][:2] == ["mixed", "[CLS]"]
+
+
+def test_shipped_weight_file_is_the_original_all_minilm_l6_v2():
+    # The package is a third-party repackaging; its weights must be byte-identical to the
+    # original sentence-transformers/all-MiniLM-L6-v2 model.safetensors.
+    from attnbook.models.pretrained import MINILM_WEIGHTS_SHA256, minilm_weights_sha256
+    assert minilm_weights_sha256() == MINILM_WEIGHTS_SHA256

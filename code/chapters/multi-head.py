@@ -181,7 +181,7 @@ SPEED_CONFIGS = ch.pick(
 speed_rows, speed_data = [], []
 for cfg in SPEED_CONFIGS:
     size = (cfg["batch"], cfg["length"], cfg["d_model"], cfg["num_heads"])
-    label = f"B={size[0]}, n={size[1]}, d_model={size[2]}, h={size[3]}"
+    label = f"batch {size[0]}, $n = {size[1]}$, $d_{{\\text{{model}}}} = {size[2]}$, $h = {size[3]}$"
     inference, inference_s = time_ratios(
         speed_candidates(*size, backward=False, names=list(IMPLEMENTATIONS)), cfg["repeats"])
     names = [n for n in IMPLEMENTATIONS if cfg["loop_backward"] or n != "loop"]
@@ -209,13 +209,52 @@ def verdict(ratio):
     return "slower than"
 
 
-ch.markdown("speed-summary", (
-    f"Measured on this build's device, {describe(device)}, at {target['config']}: attnbook's "
-    f"`MultiHeadAttention` took **{fwd_ratio:.2f}×** the time of `nn.MultiheadAttention` for "
-    f"inference ({verdict(fwd_ratio)} it) and **{bwd_ratio:.2f}×** for a forward and backward "
-    f"pass ({verdict(bwd_ratio)} it). The per-head loop took "
-    f"**{target['inference_ratio']['loop']:.1f}×** for inference."
-))
+def weights_mib(cfg, heads=None):
+    """Size of the float32 weight tensor (batch, heads, n, n) of one layer, in MiB."""
+    heads = cfg["num_heads"] if heads is None else heads
+    return cfg["batch"] * heads * cfg["length"] ** 2 * 4 / 2**20
+
+
+# The prose about loop vs batched is picked from the numbers: which effect wins depends on
+# the sizes and on the machine (per-call overhead against memory traffic).
+small, large = speed_data[0], speed_data[-1]
+small_cfg, large_cfg = SPEED_CONFIGS[0], SPEED_CONFIGS[-1]
+loop_s, batched_s = small["inference_ratio"]["loop"], small["inference_ratio"]["batched"]
+loop_l, batched_l = large["inference_ratio"]["loop"], large["inference_ratio"]["batched"]
+findings = [
+    f"Measured on this build's device, {describe(device)}, for inference: at {small['config']} "
+    f"the per-head loop took **{loop_s:.2f}×** the time of `nn.MultiheadAttention` and the "
+    f"batched heads with materialised weights **{batched_s:.2f}×**; at {large['config']}, "
+    f"**{loop_l:.2f}×** and **{batched_l:.2f}×**."
+]
+if loop_l < batched_l:
+    findings.append(
+        f"So at the larger size the loop was *faster* than batching the heads with weights. "
+        f"There each call does a lot of work, so the overhead that batching saves is small, "
+        f"while the batched version writes and rereads a {weights_mib(large_cfg):.0f} MiB weight "
+        f"tensor at every step of its softmax; the loop handles "
+        f"{weights_mib(large_cfg, 1):.0f} MiB at a time, one head's share.")
+else:
+    findings.append(
+        "So batching the heads paid off at the larger size too: the per-call overhead it "
+        "saves outweighed the cost of materialising every head's weights at once.")
+if loop_s > batched_s:
+    findings.append(
+        f"At the smaller size, where each call does little work, the loop was the slower of "
+        f"the two: its {3 * small_cfg['num_heads']} projections and {small_cfg['num_heads']} "
+        f"attentions each pay the per-call overhead.")
+else:
+    findings.append("At the smaller size the loop was no slower than the batched version either.")
+if abs(loop_l - 1.0) <= 0.1:
+    findings.append(
+        "At the larger size the loop came within 10% of `nn.MultiheadAttention` itself, "
+        "even though it materialises each head's weights.")
+findings.append(
+    f"attnbook's `MultiHeadAttention` (batched heads, fused kernel) took **{fwd_ratio:.2f}×** "
+    f"the time of `nn.MultiheadAttention` for inference at the larger size "
+    f"({verdict(fwd_ratio)} it) and **{bwd_ratio:.2f}×** for a forward and backward pass "
+    f"({verdict(bwd_ratio)} it).")
+ch.markdown("speed-summary", " ".join(findings))
 ch.json("speed", speed_data)
 
 # %% [markdown]
@@ -391,7 +430,7 @@ with torch.no_grad():
 def draw_head_grid(theme):
     cols = 2
     rows = (MAIN_HEADS + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(7.6, 3.7 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.8, 3.4 * rows), squeeze=False)
     for h, ax in enumerate(axes.flat):
         if h >= MAIN_HEADS:
             ax.axis("off")
@@ -410,7 +449,7 @@ partner_head = int(on_partner.argmax())
 
 
 def draw_links(theme):
-    fig, axes = plt.subplots(1, 2, figsize=(7.0, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(6.8, 4.6))
     token_links(axes[0], example_weights[previous_head], example_tokens, theme=theme,
                 threshold=0.05, title=f"head {previous_head}: previous token")
     token_links(axes[1], example_weights[partner_head], example_tokens, theme=theme,
@@ -474,29 +513,52 @@ for num_heads in HEAD_COUNTS:
         f"{100 * run['accuracy_previous']:.1f}% / {100 * run['accuracy_partner']:.1f}%",
     ])
 ch.table("heads-sweep",
-         ["heads h", "paper d_k", "paper PPL", "paper BLEU", "our d_k", "our loss", "our accuracy",
+         ["heads $h$", "paper $d_k$", "paper PPL", "paper BLEU", "our $d_k$", "our loss", "our accuracy",
           "ours: previous / partner"],
          sweep_rows, align="rrrrrrrr")
+# The sentence about the middle of the sweep is picked from the numbers, not typed.
+best_h = min(HEAD_COUNTS, key=lambda h: sweep[h]["loss"])
+middle = [h for h in HEAD_COUNTS if min(HEAD_COUNTS) < h < max(HEAD_COUNTS)]
+lo_h, hi_h = middle[0], middle[-1]
+lo_loss, hi_loss = sweep[lo_h]["loss"], sweep[hi_h]["loss"]
+change = hi_loss / lo_loss
+trend = (f"rises {change:.1f}-fold" if change >= 1.05 else
+         f"falls {1 / change:.1f}-fold" if change <= 1 / 1.05 else "stays within 5%")
+accuracies = [100 * min(sweep[h]["accuracy_previous"], sweep[h]["accuracy_partner"])
+              for h in middle]
+paper_middle = [PAPER_TABLE_3A[h][1] for h in PAPER_TABLE_3A if lo_h <= h <= hi_h]
+paper_text = (f" Over the same range the paper's perplexity stays between {min(paper_middle):.2f} "
+              f"and {max(paper_middle):.2f} (Table 3 (A) has no row for every $h$)."
+              if paper_middle else "")
+apart = ("Accuracy only asks whether the right digit scores highest; the loss also measures "
+         "how confidently, and it keeps telling these models apart." if trend[0] != "s" else "")
+ch.markdown("heads-sweep-summary", (
+    f"Our held-out loss is lowest at $h = {best_h}$ ({sweep[best_h]['loss']:.4f}). From "
+    f"$h = {lo_h}$ to $h = {hi_h}$ it {trend} ({lo_loss:.4f} to {hi_loss:.4f}), while the "
+    f"accuracy on the harder of the two jobs "
+    + (f"stays at {min(accuracies):.1f}%" if f"{min(accuracies):.1f}" == f"{max(accuracies):.1f}"
+       else f"stays between {min(accuracies):.1f}% and {max(accuracies):.1f}%")
+    + f". {apart}{paper_text}"))
 ch.json("heads-sweep", {str(h): {k: v for k, v in sweep[h].items() if k not in ("model", "history")}
                         for h in HEAD_COUNTS})
 
 
 def draw_sweep(theme):
     palette = colors(theme)["palette"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(7.6, 3.2))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(6.8, 3.4))
     paper_h = sorted(PAPER_TABLE_3A)
     left.plot(paper_h, [PAPER_TABLE_3A[h][1] for h in paper_h], "o-", color=palette[0])
     left.set_title("Vaswani et al. (2017), Table 3 (A)", fontsize=10)
     left.set_ylabel("dev perplexity (lower is better)")
     right.plot(HEAD_COUNTS, [sweep[h]["loss"] for h in HEAD_COUNTS], "o-", color=palette[1])
     right.set_yscale("log")
-    right.set_title("ours: partner task, d_model = 64", fontsize=10)
+    right.set_title("ours: partner task, $d_{\\mathrm{model}} = 64$", fontsize=10)
     right.set_ylabel("held-out loss (lower is better)")
     for ax, hs in ((left, paper_h), (right, HEAD_COUNTS)):
         ax.set_xscale("log", base=2)
         ax.set_xticks(hs)
         ax.set_xticklabels([str(h) for h in hs])
-        ax.set_xlabel("number of heads h (d_k = d_model / h)")
+        ax.set_xlabel("heads $h$ ($d_k = d_{\\mathrm{model}} / h$)")
         ax.grid(True, alpha=0.5)
     fig.tight_layout()
     return fig
@@ -593,7 +655,7 @@ letters = string.ascii_lowercase
 def draw_cross_attention(theme):
     source_labels = [letters[t] for t in test_source[0].tolist()]
     output_labels = [letters[t] for t in generated[0].tolist()]
-    fig, axes = plt.subplots(1, ED_HEADS, figsize=(3.4 * ED_HEADS + 0.4, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, ED_HEADS, figsize=(6.8, 3.4), squeeze=False)
     for h, ax in enumerate(axes[0]):
         heatmap(ax, cross_weights[0, h], source_labels, output_labels, theme=theme,
                 xlabel="source (keys, values)", ylabel="output (queries)",

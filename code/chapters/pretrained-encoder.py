@@ -27,7 +27,13 @@ from attnbook.models import (
     minilm_attentions,
     minilm_forward_via_attnbook,
 )
-from attnbook.viz import colors, head_grid, heatmap
+from attnbook.models.pretrained import (
+    MINILM_WEIGHTS_FILE,
+    MINILM_WEIGHTS_SHA256,
+    minilm_path,
+    minilm_weights_sha256,
+)
+from attnbook.viz import attention_cmap, colors, heatmap
 
 torch.set_grad_enabled(False)
 if ch.device.type == "cpu":
@@ -35,6 +41,17 @@ if ch.device.type == "cpu":
     # as fast as two, and does not stall when other programs share the cores.
     torch.set_num_threads(1)
 ch.seed(0)  # nothing here is random; seeded anyway so that nothing can drift
+
+# The weights come from a third-party repackaging: check that they are the original ones.
+weights_sha256 = minilm_weights_sha256()
+if weights_sha256 != MINILM_WEIGHTS_SHA256:
+    raise RuntimeError(f"{minilm_path() / MINILM_WEIGHTS_FILE} has SHA-256 {weights_sha256}, "
+                       f"not the original all-MiniLM-L6-v2's {MINILM_WEIGHTS_SHA256}")
+ch.markdown("weights-check", (
+    f"This build computed the SHA-256 of the installed `{MINILM_WEIGHTS_FILE}`: "
+    f"`{weights_sha256}`, identical to the original file's (sentence-transformers/"
+    f"all-MiniLM-L6-v2 on the Hugging Face Hub, revision 1110a243), so the numbers on this "
+    f"page come from the original weights."))
 tokenizer, model = load_minilm(ch.device)
 NUM_LAYERS, NUM_HEADS = model.config.num_hidden_layers, model.config.num_attention_heads
 print(f"{NUM_LAYERS} layers x {NUM_HEADS} heads, d_model = {model.config.hidden_size}")
@@ -161,19 +178,47 @@ tokens0, probs0 = example["tokens"], example["probs"]
 
 
 def draw_layer_means(theme):
-    fig, axes = plt.subplots(1, NUM_LAYERS, figsize=(2.35 * NUM_LAYERS, 3.0), sharey=True)
-    for layer, ax in enumerate(axes):
-        heatmap(ax, probs0[layer].mean(0), tokens0, tokens0 if layer == 0 else None, theme=theme,
-                title=f"layer {layer}", ylabel="query" if layer == 0 else "")
-        ax.tick_params(axis="both", labelsize=6)
-    fig.tight_layout(w_pad=0.4)
+    # Three rows of two panels: each heatmap is wide enough for 8-point token labels.
+    fig, axes = plt.subplots(3, 2, figsize=(6.8, 10.2), sharex=True, sharey=True)
+    for layer, ax in enumerate(axes.flat):
+        left, bottom = layer % 2 == 0, layer >= NUM_LAYERS - 2
+        heatmap(ax, probs0[layer].mean(0), tokens0, tokens0, theme=theme,
+                title=f"layer {layer}", ylabel="query" if left else "",
+                xlabel="key" if bottom else "")
+        ax.tick_params(axis="both", labelsize=8, labelbottom=bottom, labelleft=left)
+    fig.tight_layout(h_pad=0.6, w_pad=0.6)
     return fig
 
 
 ch.figure("layer-means", draw_layer_means)
 
 
-ch.figure("head-grid", lambda theme: head_grid(probs0, theme=theme, cell=1.05), fmt="png")
+def draw_head_grid(theme):
+    # 6 layers x 12 heads in the column's width: tiny panels without labels, so the only
+    # text is the layer and head numbers around the grid (8 pt and larger).
+    cmap = attention_cmap(theme)
+    fig, axes = plt.subplots(NUM_LAYERS, NUM_HEADS, figsize=(6.8, 4.1),
+                             gridspec_kw=dict(wspace=0.08, hspace=0.08))
+    for layer in range(NUM_LAYERS):
+        for head in range(NUM_HEADS):
+            ax = axes[layer, head]
+            ax.imshow(probs0[layer, head].numpy(), cmap=cmap, vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(True)
+                spine.set_color(colors(theme)["grid"])
+            if layer == 0:
+                ax.set_title(str(head), fontsize=9)
+            if head == 0:
+                ax.set_ylabel(str(layer), fontsize=9, rotation=0, labelpad=8, va="center")
+    fig.supylabel("layer", fontsize=10)
+    fig.suptitle("head", fontsize=10)
+    return fig
+
+
+ch.figure("head-grid", draw_head_grid, fmt="png")
 
 # %% [markdown]
 # ## Finding heads by measurement
@@ -183,7 +228,8 @@ ch.figure("head-grid", lambda theme: head_grid(probs0, theme=theme, cell=1.05), 
 # Averaged over the sentences of the corpus (one sentence per input, no padding).
 
 # %%
-THRESHOLD = 0.5        # Clark et al. (2019, section 3.1) count heads with > 50% on a position
+THRESHOLD = 0.5        # Clark et al. (2019, section 3.1) count heads with > 50% on a position;
+                       # classify_heads applies "> THRESHOLD", and so does every count below
 BROAD_THRESHOLD = 0.8  # our choice: mean row entropy at least 80% of uniform attention's
 
 
@@ -227,7 +273,7 @@ def layers_of(kind):
 table = []
 for kind in KINDS:
     what = "mean entropy / uniform" if kind == "broad" else "mean attention"
-    best = [f"{head_name(l, h)} ({v:.2f})" for l, h, v in top_heads(kind)]
+    best = [f"{head_name(l, h)} ({v:.3f})" for l, h, v in top_heads(kind)]
     table.append([kind, count(kind), what] + best)
 mixed = count("mixed")
 ch.table("clear-cut-heads", ["kind", "heads labelled so", "score", "best head", "second", "third"],
@@ -235,7 +281,22 @@ ch.table("clear-cut-heads", ["kind", "heads labelled so", "score", "best head", 
 ch.markdown("role-counts", (
     f"Measured on {len(CORPUS)} sentences, {NUM_LAYERS * NUM_HEADS - mixed} of the "
     f"{NUM_LAYERS * NUM_HEADS} heads get a label; the other {mixed} are “mixed”: no single "
-    f"position or token type takes half of their attention, and they are not broad either."))
+    f"position or token type takes more than half of their attention, and they are not broad either."))
+
+def near_threshold_note(margin=0.01):
+    """A sentence on heads whose largest share lies within ``margin`` of THRESHOLD."""
+    shares = torch.stack([stats[role] for role in ROLES])  # (roles, layers, heads)
+    best_share, best_role = shares.max(dim=0)
+    near = [(l, h, ROLES[int(best_role[l, h])], best_share[l, h].item())
+            for l in range(NUM_LAYERS) for h in range(NUM_HEADS)
+            if abs(best_share[l, h].item() - THRESHOLD) < margin]
+    if not near:
+        return ""
+    parts = [f"{head_name(l, h)} ({kind} share {v:.6f}: "
+             f"{'labelled' if roles[l][h] == kind else 'not labelled'})" for l, h, kind, v in near]
+    return (f" Close to the threshold (within {margin}), the rule “more than {THRESHOLD}” "
+            f"decides: " + "; ".join(parts) + ".")
+
 
 (prev_l, prev_h, prev_v) = top_heads("previous token", 1)[0]
 (next_l, next_h, next_v) = top_heads("next token", 1)[0]
@@ -243,11 +304,11 @@ ch.markdown("role-findings", (
     f"The clearest previous-token head is {head_name(prev_l, prev_h)}: on average a query gives "
     f"{prev_v:.1%} of its attention to the token before it. The clearest next-token head is "
     f"{head_name(next_l, next_h)}, with {next_v:.0%} on the token after. "
-    f"{count('[CLS]')} heads give at least half of their attention to [CLS], all in layers "
+    f"{count('[CLS]')} heads give more than half of their attention to [CLS], all in layers "
     f"{layers_of('[CLS]')}; no head gives [SEP] more than {stats['[SEP]'].max().item():.0%} "
     f"on average, nor punctuation more than "
     f"{stats['punctuation'].max().item():.0%}. The {count('broad')} broad heads are in layer(s) "
-    f"{layers_of('broad')}."))
+    f"{layers_of('broad')}." + near_threshold_note()))
 
 # %%
 # Palette positions per theme (the dark palette orders its colours differently), chosen so
@@ -271,15 +332,15 @@ def text_color_on(hex_color):
 
 def draw_roles(theme):
     c = colors(theme)
-    fig, ax = plt.subplots(figsize=(8.6, 4.2))
+    fig, ax = plt.subplots(figsize=(6.8, 4.0))
     for layer in range(NUM_LAYERS):
         for head in range(NUM_HEADS):
             kind = roles[layer][head]
             fill = role_color(kind, theme)
             ax.add_patch(plt.Rectangle((head - 0.46, layer - 0.46), 0.92, 0.92, color=fill, lw=0))
             if kind != "mixed":
-                ax.text(head, layer, f"{score(kind)[layer, head]:.2f}", ha="center", va="center",
-                        fontsize=7, color=text_color_on(fill))
+                ax.text(head, layer, f"{score(kind)[layer, head]:.3f}", ha="center", va="center",
+                        fontsize=8, color=text_color_on(fill))
     ax.set_xlim(-0.6, NUM_HEADS - 0.4)
     ax.set_ylim(NUM_LAYERS - 0.4, -0.6)
     ax.set_xticks(range(NUM_HEADS))
@@ -291,9 +352,10 @@ def draw_roles(theme):
     ax.tick_params(length=0)
     present = [k for k in KINDS + ["mixed"] if any(k in row for row in roles)]
     handles = [Patch(color=role_color(k, theme), label=k) for k in present]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(handles),
-              frameon=False, fontsize=8, handlelength=1.2, columnspacing=1.0)
-    ax.set_title("What each head does, measured (number: the share or broadness that decided)",
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14),
+              ncol=min(4, len(handles)), frameon=False, fontsize=9, handlelength=1.2,
+              columnspacing=1.0)
+    ax.set_title("What each head does, measured\n(number: the share or broadness that decided)",
                  fontsize=10, color=c["fg"])
     fig.tight_layout()
     return fig
@@ -306,15 +368,17 @@ EXAMPLE_KINDS = ["previous token", "next token", "[CLS]", "punctuation", "[SEP]"
 
 
 def draw_examples(theme):
-    fig, axes = plt.subplots(2, 3, figsize=(10.5, 7.4))
-    for ax, kind in zip(axes.flat, EXAMPLE_KINDS):
+    fig, axes = plt.subplots(3, 2, figsize=(6.8, 10.4), sharex=True, sharey=True)
+    for i, (ax, kind) in enumerate(zip(axes.flat, EXAMPLE_KINDS)):
         layer, head, value = top_heads(kind, 1)[0]
         label = "broadness" if kind == "broad" else "share"
+        left, bottom = i % 2 == 0, i >= len(EXAMPLE_KINDS) - 2
         heatmap(ax, probs0[layer, head], tokens0, tokens0, theme=theme,
-                title=f"{kind}: head {head_name(layer, head)} ({label} {value:.2f})")
-        ax.tick_params(axis="both", labelsize=7)
-        ax.title.set_fontsize(9)
-    fig.tight_layout()
+                title=f"{kind}: head {head_name(layer, head)}\n({label} {value:.2f})",
+                ylabel="query" if left else "", xlabel="key" if bottom else "")
+        ax.tick_params(axis="both", labelsize=8, labelbottom=bottom, labelleft=left)
+        ax.title.set_fontsize(10)
+    fig.tight_layout(h_pad=0.6, w_pad=0.6)
     return fig
 
 
@@ -382,7 +446,8 @@ def draw_paper(theme):
     c = colors(theme)
     panels = [("[CLS]", "avg. attention to [CLS]"), ("[SEP]", "avg. attention to [SEP]"),
               ("punctuation", "avg. attention to punctuation"), ("entropy", "avg. entropy (nats)")]
-    fig, axes = plt.subplots(1, 4, figsize=(12.5, 3.2))
+    fig, grid = plt.subplots(2, 2, figsize=(6.8, 5.8))
+    axes = grid.flat
     layers = np.arange(NUM_LAYERS)
     for ax, (key, ylabel) in zip(axes, panels):
         values = pair_stats[key].numpy()  # (layers, heads)
@@ -395,10 +460,10 @@ def draw_paper(theme):
             ax.set_ylim(-0.02, 1.0)
         ax.set_xticks(layers)
         ax.set_xlabel("layer")
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(ylabel, fontsize=9)
         ax.grid(axis="y", alpha=0.4)
-    axes[0].legend(fontsize=7, loc="upper right")
-    axes[-1].legend(fontsize=7, loc="lower right")
+    grid[0, 0].legend(fontsize=8, loc="upper right")
+    grid[1, 1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -406,8 +471,13 @@ def draw_paper(theme):
 ch.figure("paper-special-tokens", draw_paper)
 
 
-def heads_over(kind, data, threshold=THRESHOLD):
-    found = (data[kind] > threshold).nonzero().tolist()
+pair_roles = classify_heads(pair_stats, threshold=THRESHOLD, broad_threshold=BROAD_THRESHOLD)
+
+
+def heads_over(kind):
+    """Heads that classify_heads labels ``kind`` on the paper's inputs (share > THRESHOLD)."""
+    found = [(l, h) for l, row in enumerate(pair_roles) for h, label in enumerate(row)
+             if label == kind]
     return f"{len(found)} ({', '.join(head_name(l, h) for l, h in found) or 'none'})"
 
 
@@ -424,30 +494,33 @@ punct = layers_by("punctuation", pair_stats)
 (punct_l, punct_v), punct_low = punct[0], punct[-1][1]
 (ent_l, ent_v), (ent_l2, ent_v2) = layers_by("entropy", pair_stats)[:2]
 ch.table("paper-comparison",
-         ["finding", "BERT-base (Clark et al., 2019)", "all-MiniLM-L6-v2 (ours)"], [
+         ["finding", "BERT-base (Clark et al., 2019; layers counted from 1)",
+          "all-MiniLM-L6-v2 (ours; layers and heads counted from 0)"], [
     ["heads with > 50% of their attention on the previous token",
-     "4, in layers 2, 4, 7, 8 of 12 (§3.1)", heads_over("previous token", pair_stats)],
+     "4, in layers 2, 4, 7, 8 of 12 (§3.1)", heads_over("previous token")],
     ["heads with > 50% of their attention on the next token",
-     "5, in layers 1, 2, 2, 3, 6 (§3.1)", heads_over("next token", pair_stats)],
+     "5, in layers 1, 2, 2, 3, 6 (§3.1)", heads_over("next token")],
     ["layers giving over half of their attention to [SEP]", "6–10 (§3.2, Fig. 2)",
-     ", ".join(map(str, sorted(sep_over_half))) or f"none (highest: layer {sep_l}, {sep_v:.2f})"],
+     ", ".join(map(str, sorted(sep_over_half))) or f"none (highest: layer {sep_l}, {sep_v:.3f})"],
     ["where attention to [CLS] is highest", "early layers (Fig. 2)",
-     f"layer {cls_l} ({cls_v:.2f}), then layer {cls_l2} ({cls_v2:.2f})"],
+     f"layer {cls_l} ({cls_v:.3f}), then layer {cls_l2} ({cls_v2:.3f})"],
     ["where attention to punctuation is highest", "deep layers: periods and commas (Fig. 2)",
-     f"{punct_low:.2f} to {punct_v:.2f} in every layer; highest in layer {punct_l}"],
+     f"{punct_low:.3f} to {punct_v:.3f} in every layer; highest in layer {punct_l}"],
     ["where heads are broadest (highest mean entropy)", "lower layers (§3.3, Fig. 4)",
-     f"layer {ent_l} ({ent_v:.2f} nats), then layer {ent_l2} ({ent_v2:.2f}); uniform: "
-     f"{uniform_entropy:.2f}"],
+     f"layer {ent_l} ({ent_v:.3f} nats), then layer {ent_l2} ({ent_v2:.3f}); uniform: "
+     f"{uniform_entropy:.3f}"],
 ], align="lll")
 ch.table("paper-layer-means",
-         ["layer", "[CLS]", "[SEP]", "punctuation", "entropy (nats)", "[CLS], single sentences"],
-         [[l] + [f"{pair_stats[k][l].mean().item():.2f}" for k in ("[CLS]", "[SEP]", "punctuation",
-                                                                     "entropy")]
-          + [f"{stats['[CLS]'][l].mean().item():.2f}"] for l in range(NUM_LAYERS)])
+         ["layer (from 0)", "[CLS]", "[SEP]", "punctuation", "entropy (nats)",
+          "[CLS], single sentences"],
+         [[l] + [f"{pair_stats[k][l].mean().item():.3f}" for k in ("[CLS]", "[SEP]", "punctuation",
+                                                                      "entropy")]
+          + [f"{stats['[CLS]'][l].mean().item():.3f}"] for l in range(NUM_LAYERS)])
+lengths_text = (f"all {min(pair_tokens)} tokens long" if min(pair_tokens) == max(pair_tokens)
+                else f"{min(pair_tokens)} to {max(pair_tokens)} tokens long")
 ch.markdown("paper-setup", (
     f"{len(pair_tokens)} inputs of two segments of up to {SEGMENT_SENTENCES} of our sentences "
-    f"each, "
-    f"{min(pair_tokens)} to {max(pair_tokens)} tokens long after truncation to {MAX_LENGTH} "
+    f"each, {lengths_text} after truncation to {MAX_LENGTH} "
     f"(Clark et al.: 1000 Wikipedia segments of up to 128 tokens)."))
 
 # %% [markdown]
@@ -503,10 +576,10 @@ sentence_ids = tokenizer("The cat sat on the mat.", return_tensors="pt").input_i
 layer, head = divmod(int(previous_token_share(sentence_ids).argmax()), model.config.num_attention_heads)
 
 generator = torch.Generator().manual_seed(0)
-probes = {
+probes = {  # the first and last ids are replaced by [CLS] and [SEP] below: 18 tokens between
     "the sentence itself": sentence_ids,
-    "20 random token ids": torch.randint(1000, 30000, (1, 20), generator=generator),
-    "one word repeated 20 times": torch.full((1, 20), tokenizer.convert_tokens_to_ids("cat")),
+    "18 random token ids": torch.randint(1000, 30000, (1, 20), generator=generator),
+    "one word repeated 18 times": torch.full((1, 20), tokenizer.convert_tokens_to_ids("cat")),
 }
 rows = []
 for name, ids in probes.items():

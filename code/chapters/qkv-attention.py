@@ -110,7 +110,7 @@ def annotated_heatmap(ax, weights, tokens, allowed, theme, title):
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
                                            edgecolor=c["grid"], linewidth=0))
             else:
-                ax.text(j, i, f"{weights[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, f"{weights[i, j]:.2f}", ha="center", va="center", fontsize=8,
                         color=c["bg"] if weights[i, j] > 0.55 else c["fg"])
     return image
 
@@ -130,16 +130,23 @@ ch.figure("lookup", draw_lookup)
 
 
 def draw_masked(theme: str):
-    fig, axes = plt.subplots(1, 3, figsize=(12.4, 4.2), layout="constrained")
-    panels = [  # (weights, tokens, mask: True = may attend, title)
-        (weights_causal[0], sentences[0], causal_mask(6), "causal mask"),
-        (weights_full[1], sentences[1], no_mask, "padded sentence, no mask"),
-        (weights_padded[1], sentences[1], keep[1, 0].expand(6, 6),
-         "padded sentence, key padding mask"),
+    # two panels per row at most, so that the numbers in the cells stay readable in the column
+    fig, axes = plt.subplots(2, 2, figsize=(6.7, 6.7), layout="constrained")
+    panels = [  # (axes, weights, tokens, mask: True = may attend, title)
+        (axes[0, 0], weights_causal[0], sentences[0], causal_mask(6), "causal mask"),
+        (axes[1, 0], weights_full[1], sentences[1], no_mask, "padded, no mask"),
+        (axes[1, 1], weights_padded[1], sentences[1], keep[1, 0].expand(6, 6),
+         "padded, key padding mask"),
     ]
-    for ax, (w, tokens, allowed, title) in zip(axes, panels):
+    for ax, w, tokens, allowed, title in panels:
         image = annotated_heatmap(ax, w, tokens, allowed, theme, title)
-    fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
+    legend_ax = axes[0, 1]  # the free slot holds the colour bar and a key to the hatching
+    legend_ax.axis("off")
+    fig.colorbar(image, ax=legend_ax, location="left", shrink=0.8, label="attention weight")
+    legend_ax.add_patch(plt.Rectangle((0.25, 0.45), 0.16, 0.16, fill=False, hatch="///",
+                                      edgecolor=colors(theme)["grid"], transform=legend_ax.transAxes))
+    legend_ax.text(0.47, 0.53, "forbidden\nby the mask", va="center", fontsize=9,
+                   transform=legend_ax.transAxes)
     return fig
 
 
@@ -162,8 +169,11 @@ for d_k in d_ks:
     rel_se = math.sqrt((2 + 6 / d_k) / num_pairs)  # standard error of s²/d_k (see the tests)
     z_scores.append((var_scaled[-1] - 1) / rel_se)
     variance_rows.append((d_k, d_k, f"{var_raw[-1]:.1f}", 1, f"{var_scaled[-1]:.3f} ± {rel_se:.3f}"))
-ch.table("variance", ["d_k", "paper: Var(q·k) = d_k", "ours: Var(q·k)", "paper: Var(q·k/√d_k) = 1",
-                      "ours: Var(q·k/√d_k) ± 1 s.e."], variance_rows, align="rrrrr")
+ch.table("variance", ["$d_k$", "paper: $\\operatorname{Var}(q \\cdot k) = d_k$",
+                      "ours: $\\operatorname{Var}(q \\cdot k)$",
+                      "paper: $\\operatorname{Var}(q \\cdot k/\\sqrt{d_k}) = 1$",
+                      "ours: $\\operatorname{Var}(q \\cdot k/\\sqrt{d_k})$ ± 1 s.e."],
+         variance_rows, align="rrrrr")
 ch.markdown("variance-setup", f"Each row uses {num_pairs:,} independent pairs of vectors with "
             f"N(0, 1) components, computed in float64. The largest deviation from the paper's value "
             f"is {max(abs(z) for z in z_scores):.1f} standard errors.")
@@ -172,12 +182,12 @@ ch.markdown("variance-setup", f"Each row uses {num_pairs:,} independent pairs of
 def draw_variance(theme: str):
     c = colors(theme)
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    ax.plot(d_ks, d_ks, color=c["muted"], linestyle="--", label="y = d_k (footnote 4)")
+    ax.plot(d_ks, d_ks, color=c["muted"], linestyle="--", label="$y = d_k$ (footnote 4)")
     ax.plot(d_ks, var_raw, "o-", color=c["palette"][0], label="Var(q·k), measured")
-    ax.plot(d_ks, var_scaled, "s-", color=c["palette"][1], label="Var(q·k / √d_k), measured")
+    ax.plot(d_ks, var_scaled, "s-", color=c["palette"][1], label="Var(q·k / $\\sqrt{d_k}$), measured")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
-    ax.set_xlabel("d_k")
+    ax.set_xlabel("$d_k$")
     ax.set_ylabel("variance of the score")
     ax.legend(frameon=False)
     ax.grid(True, which="major", alpha=0.5)
@@ -223,38 +233,42 @@ for d_k in d_ks:
                                  softmax_jacobian_norm(p).median().item(),
                                  (top > 0.99).double().mean().item()))
 
-ch.table("saturation", ["d_k", "entropy, unscaled", "entropy, scaled", "max weight, unscaled",
-                        "max weight, scaled", "median ‖J‖_F, unscaled", "median ‖J‖_F, scaled",
+ch.table("saturation", ["$d_k$", "entropy, unscaled", "entropy, scaled", "max weight, unscaled",
+                        "max weight, scaled", "median $\\lVert J \\rVert_F$, unscaled",
+                        "median $\\lVert J \\rVert_F$, scaled",
                         "rows > 0.99, unscaled"],
          [(d_k, f"{r[0]:.2f}", f"{s[0]:.2f}", f"{r[1]:.2f}", f"{s[1]:.2f}", sci(r[2]), sci(s[2]),
            f"{100 * r[3]:.0f}%")
           for d_k, r, s in zip(d_ks, saturation["raw"], saturation["scaled"])],
          align="rrrrrrrr")
 ch.markdown("saturation-setup",
-            f"{num_queries} random queries against {num_keys} random keys per d_k, N(0, 1) "
-            f"components; means (medians for ‖J‖_F) over the rows. A uniform row has entropy "
-            f"log {num_keys} = {math.log(num_keys):.2f} nats, "
-            f"largest weight 1/{num_keys} = {1 / num_keys:.3f} and "
-            f"‖J‖_F = {math.sqrt(num_keys - 1) / num_keys:.3f}.")
+            f"{num_queries} random queries against {num_keys} random keys per $d_k$, "
+            f"$\\mathcal{{N}}(0, 1)$ components; means (medians for $\\lVert J \\rVert_F$) over "
+            f"the rows. A uniform row has entropy $\\log {num_keys} = {math.log(num_keys):.2f}$ "
+            f"nats, largest weight $1/{num_keys} = {1 / num_keys:.3f}$ and "
+            f"$\\lVert J \\rVert_F = {math.sqrt(num_keys - 1) / num_keys:.3f}$.")
 
 
 def draw_saturation(theme: str):
     c = colors(theme)
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-    titles = ["mean row entropy (nats)", "mean largest weight", "median ‖softmax Jacobian‖_F"]
+    fig, grid = plt.subplots(2, 2, figsize=(6.8, 5.6))
+    axes = [grid[0, 0], grid[0, 1], grid[1, 0]]  # the fourth slot holds the legend
+    titles = ["mean row entropy (nats)", "mean largest weight", "median ‖softmax Jacobian‖$_F$"]
     uniform = [math.log(num_keys), 1 / num_keys, math.sqrt(num_keys - 1) / num_keys]
     for i, ax in enumerate(axes):
         ax.axhline(uniform[i], color=c["muted"], linestyle=":", label="uniform row")
         ax.plot(d_ks, [r[i] for r in saturation["raw"]], "o-", color=c["palette"][3],
                 label="q·k (unscaled)")
         ax.plot(d_ks, [r[i] for r in saturation["scaled"]], "s-", color=c["palette"][0],
-                label="q·k / √d_k")
+                label="q·k / $\\sqrt{d_k}$")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("d_k")
-        ax.set_title(titles[i])
+        ax.set_xlabel("$d_k$")
+        ax.set_title(titles[i], fontsize=10)
         ax.grid(True, alpha=0.5)
     axes[2].set_yscale("log")
-    axes[0].legend(frameon=False, fontsize=8)
+    grid[1, 1].axis("off")
+    grid[1, 1].legend(*axes[0].get_legend_handles_labels(), frameon=False, fontsize=10,
+                      loc="center")
     fig.tight_layout()
     return fig
 
@@ -347,7 +361,7 @@ ch.markdown("is-causal-numbers",
 
 def draw_alignment(theme: str):
     c = colors(theme)
-    fig, axes = plt.subplots(1, 2, figsize=(8.6, 2.6))
+    fig, axes = plt.subplots(2, 1, figsize=(6.8, 4.4))  # stacked: wide masks, short rows
     key_labels = [f"key {j}" for j in range(k_len)]
     query_labels = [f"query at {k_len - q_len + i}" for i in range(q_len)]
     for ax, mask, title in ((axes[0], top_left, "is_causal=True: top-left (wrong here)"),
@@ -397,8 +411,11 @@ rows = []
 for case in cases:
     e64 = agreement_case(case, torch.float64)
     e32 = agreement_case(case, torch.float32)
-    rows.append((case, sci(e64[0]), sci(e32[0]), sci(e32[1]), sci(e32[2])))
-ch.table("agreement", ["case (batch 2, d_k 32)", "ours vs torch, float64", "ours vs torch, float32",
+    label = {"q_len 16 < k_len 64, causal": "$n = 16$ queries, $m = 64$ keys, causal",
+             "grouped kv heads (8 q, 2 kv), causal": "grouped kv heads ($h = 8$, $h_{kv} = 2$), causal",
+             }.get(case, case)
+    rows.append((label, sci(e64[0]), sci(e32[0]), sci(e32[1]), sci(e32[2])))
+ch.table("agreement", ["case (batch 2, $d_k = 32$)", "ours vs torch, float64", "ours vs torch, float32",
                        "ours float32 vs float64 truth", "torch float32 vs float64 truth"], rows,
          align="lrrrr")
 ch.markdown("agreement-setup", f"Max abs difference of the outputs on {ch.device.type}; "
@@ -460,13 +477,13 @@ for n in ch.pick([128, 256, 512], [64, 128]):
                          lambda: sdpa(q, k, v, causal=causal)) for causal in (False, True)]
     weights_mib = 8 * n * n * 4 / 2**20  # one float32 (heads, n, n) tensor
     speed_rows.append((n, f"{ratios[0]:.1f}×", f"{ratios[1]:.1f}×", f"{weights_mib:.1f}"))
-ch.table("speed", ["n (= q_len = k_len)", "ours ÷ torch SDPA, no mask", "ours ÷ torch SDPA, causal",
-                   "one (heads, n, n) float32 tensor, MiB"], speed_rows, align="rrrr")
+ch.table("speed", ["$n = m$", "ours ÷ torch SDPA, no mask", "ours ÷ torch SDPA, causal",
+                   "one float32 $(h, n, m)$ weight tensor, MiB"], speed_rows, align="rrrr")
 # Which fused kernel did torch pick for this device and dtype? Its backward node says so.
 kernel = sdpa(q.detach().requires_grad_(), k, v).grad_fn.name().removesuffix("Backward0")
 ch.markdown("speed-kernel", f"On this machine `torch` ran its `{kernel}` kernel.")
 CLOCK = {"cpu": "CPU time on one thread", "cuda": "GPU wall-clock time"}[ch.device.type]
-ch.markdown("speed-setup", f"batch 1, 8 heads, d_k = 64, float32, on {ch.device.type}; "
+ch.markdown("speed-setup", f"batch 1, 8 heads, $d_k = 64$, float32, on {ch.device.type}; "
             f"{CLOCK}, the median of several rounds, the two versions timed alternately in "
             f"the same run after a warm-up.")
 
@@ -581,7 +598,7 @@ for n in ns_graph:
     chains["rnn"].append(product_chains(rnn_steps(xs, w_q, w_k)[-1], xs[0]))
 
 n_list = ", ".join(str(n) for n in ns_graph)
-ch.table("table1", ["layer type", "paper: complexity per layer", "ours: FLOPs ∝ n^a d^b",
+ch.table("table1", ["layer type", "paper: complexity per layer", r"ours: FLOPs $\propto n^a d^b$",
                     "paper: sequential operations", f"ours: sequential products, n = {n_list}",
                     "paper: maximum path length", f"ours: path x₀ → y₍ₙ₋₁₎, n = {n_list}"], [
     ("self-attention", "O(n²·d)",
@@ -627,7 +644,7 @@ with torch.no_grad():
         i = ns_flops.index(n)  # FLOPs counted above, projections included
         time_raw.append((n, flops_n["layer"][i] / flops_n["rnn"][i], ratio))
 time_rows = [(n, f"{f:.1f}", f"{t:.2f}") for n, f, t in time_raw]
-ch.table("table1-time", ["n (d = 64)", "FLOPs: attention layer ÷ RNN layer",
+ch.table("table1-time", ["$n$ ($d = 64$)", "FLOPs: attention layer ÷ RNN layer",
                          "time: attention layer ÷ RNN layer"], time_rows, align="rrr")
 (n_first, flops_first, time_first), (n_last, flops_last, time_last) = time_raw[0], time_raw[-1]
 flops_growth, time_growth = flops_last / flops_first, time_last / time_first
@@ -653,7 +670,7 @@ ch.markdown("table1-time-setup", f"One sequence, d = {d_fixed}, float32, on {ch.
 
 def draw_table1(theme: str):
     c = colors(theme)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(2, 1, figsize=(6.8, 7.4))  # stacked for the text column
     ax = axes[0]
     ax.plot(ns_flops, flops_n["core"], "o-", color=c["palette"][0],
             label="self-attention: softmax(QKᵀ/√d)V")

@@ -46,13 +46,20 @@ def stable_softmax(scores: Tensor, dim: int = -1) -> Tensor:
 # --8<-- [end:softmax]
 
 
+# --8<-- [start:full-mask]
 def full_mask(q: Tensor, k: Tensor, mask: Tensor | None, causal: bool) -> Tensor | None:
-    """Check ``mask`` against q and k and AND it with the causal mask when ``causal``."""
+    """Check ``mask`` against q and k and AND it with the causal mask when ``causal``.
+
+    ``mask`` must be boolean (True = may attend) and broadcast to
+    ``(batch, heads, q_len, k_len)``; the causal mask is bottom-right aligned
+    (``causal_mask``). Returns None when there is no mask and ``causal`` is False.
+    """
     target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     mask = check_mask("mask", mask, target)
     if causal:
         mask = combine_masks(mask, causal_mask(q.shape[2], k.shape[2], device=q.device))
     return mask
+# --8<-- [end:full-mask]
 
 
 # --8<-- [start:sdpa]
@@ -107,8 +114,11 @@ def sdpa(
 
     Same arguments and conventions as ``scaled_dot_product_attention`` but returns only
     the output: the fused kernels never materialise the weights. Grouped kv heads are
-    passed with ``enable_gqa``. For ``q_len != k_len`` the causal mask is built
-    explicitly, because ``is_causal`` aligns top-left.
+    passed with ``enable_gqa``. With ``causal=True`` the bottom-right causal mask is
+    built here and ANDed with ``mask`` whenever a mask is given or ``q_len != k_len``
+    (``is_causal`` aligns top-left and cannot be combined with ``attn_mask``); only
+    ``causal=True`` with no mask and ``q_len == k_len``, where the two alignments agree,
+    is passed on as ``is_causal=True``.
     """
     num_heads, num_kv_heads = check_qkv(q, k, v)
     if causal and (mask is not None or q.shape[2] != k.shape[2]):

@@ -103,8 +103,9 @@ def multi_head_attention_loop(x, memory, in_proj_weight, in_proj_bias, out_proj_
     """The same computation one head at a time: the definition, written as a loop.
 
     Head i projects with its own slice of W_Q, W_K, W_V, attends, and the heads'
-    outputs are concatenated along features before W_O. Slow, but it is the equation;
-    the batched version is tested equal to it.
+    outputs are concatenated along features before W_O. It pays the per-call overhead
+    h times (the chapter measures when that matters); it is the equation, and the
+    batched version is tested equal to it.
     """
     memory = x if memory is None else memory
     head_dim = out_proj_weight.shape[1] // num_heads

