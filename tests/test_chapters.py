@@ -101,3 +101,22 @@ def test_asking_for_cuda_on_a_machine_without_it_fails_with_advice(tmp_path):
                            "--device", "cuda", "--out", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "--device cpu" in proc.stderr
+
+
+LIGHT_ONLY = re.compile(r"\b(darker|darkest|lighter|lightest|pale|paler|white|black)\b", re.I)
+CAPTION = re.compile(r"<figcaption[^>]*>(.*?)</figcaption>|!\[([^\]]*)\]\(", re.S)
+
+
+def test_captions_and_alt_text_hold_in_both_themes():
+    """In the dark variant a stronger weight is brighter: 'darker = more weight' is wrong there."""
+    found = []
+    for page in sorted((REPO / "docs").rglob("*.md")):
+        if "generated" in page.relative_to(REPO / "docs").parts or page.name == "style.md":
+            continue
+        for match in CAPTION.finditer(page.read_text(encoding="utf-8")):
+            text = match.group(1) or match.group(2) or ""
+            if LIGHT_ONLY.search(text):
+                found.append(f"{page.relative_to(REPO)}: ...{text[:90]}...")
+    script = (REPO / "docs" / "javascripts" / "explorer.js").read_text()
+    found += [f"explorer.js: {m.group(0)}" for m in re.finditer(r"darker[^\"`]*", script)]
+    assert not found, "captions that only hold in one theme:\n" + "\n".join(found)

@@ -84,3 +84,32 @@ def test_chapter_tables_are_markdown(tmp_path):
     ch = Chapter("demo", ["--out", str(tmp_path)])
     path = ch.table("t", ["n", "ratio"], [[128, "1.20×"], [256, "1.31×"]])
     assert path.read_text() == "| n | ratio |\n| :-- | --: |\n| 128 | 1.20× |\n| 256 | 1.31× |\n"
+
+
+# -- figures are drawn for the column -----------------------------------------------------------
+def test_a_figure_wider_than_the_column_is_refused(tmp_path):
+    from attnbook.viz import COLUMN_INCHES, save_figure
+
+    fig, axes = plt.subplots(1, 5, figsize=(COLUMN_INCHES + 3, 2))
+    with pytest.raises(ValueError, match="wider than the text column"):
+        save_figure(fig, tmp_path / "wide.svg")
+    assert not (tmp_path / "wide.svg").exists(), "a refused figure leaves no file behind"
+
+
+def test_text_below_the_floor_is_refused(tmp_path):
+    from attnbook.viz import MIN_FONT_PT, save_figure
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.set_xticks([0, 1])
+    ax.set_xticklabels(["tiny", "labels"], fontsize=MIN_FONT_PT - 3)
+    with pytest.raises(ValueError, match="smaller than"):
+        save_figure(fig, tmp_path / "tiny.svg")
+
+
+def test_a_head_grid_of_many_heads_fits_the_column(tmp_path):
+    from attnbook.viz import COLUMN_INCHES, save_figure
+
+    weights = torch.softmax(torch.randn(2, 12, 6, 6, generator=torch.Generator().manual_seed(0)), -1)
+    fig = head_grid(weights)
+    assert fig.get_size_inches()[0] <= COLUMN_INCHES + 1e-9
+    save_figure(fig, tmp_path / "grid.png")  # passes the legibility check

@@ -127,12 +127,14 @@ class Chapter:
         self.written.append(path.name)
         return path
 
+    # --8<-- [start:figure]
     def figure(self, name: str, draw: Callable[[str], object], fmt: str = "svg") -> list[Path]:
         """Save ``draw(theme)`` as ``<name>-light.<fmt>`` and ``<name>-dark.<fmt>``."""
         paths = [self._record(p) for p in save_themed(draw, self.out, name, fmt)]
         if _in_notebook():
             _show_image(paths[0], figure_alt_text(self.slug, name))
         return paths
+    # --8<-- [end:figure]
 
     def markdown(self, name: str, text: str) -> Path:
         """Write ``<name>.md`` for the page to include with ``--8<--``."""
