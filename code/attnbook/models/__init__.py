@@ -14,8 +14,10 @@ from .pretrained import (
     minilm_path,
     packed_attention_weights,
 )
+from .seq2seq import ATTENTIONS, Seq2Seq
 
 __all__ = [
+    "ATTENTIONS", "Seq2Seq",
     "MINILM_REQUIREMENT", "PUNCTUATION", "ROLES", "bert_layer_via_attnbook", "classify_heads",
     "head_statistics", "layer_attention_probs", "load_minilm", "minilm_attention_via_attnbook",
     "minilm_attentions", "minilm_forward_via_attnbook", "minilm_path", "packed_attention_weights",

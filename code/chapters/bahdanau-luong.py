@@ -1,0 +1,373 @@
+# %% [markdown]
+# # Additive and multiplicative attention
+#
+# The experiments of the chapter: a GRU encoder-decoder trained on a toy translation task
+# (a seeded synthetic language pair with reordering and a known word alignment) with no
+# attention, Bahdanau's additive score, Luong's dot, general and concat scores, and
+# Luong's local-p attention; then BLEU and exact match by source length (the shape of
+# Bahdanau et al. 2015, Fig. 2), the alignment error rate of every score against the true
+# alignment, and alignment heatmaps next to the truth.
+#
+# Run it with `python code/chapters/bahdanau-luong.py --device {auto,cpu,cuda} [--quick]`.
+
+# %%
+from attnbook.chapter import Chapter
+
+ch = Chapter("bahdanau-luong")
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import sacrebleu
+import torch
+
+from attnbook.attention.additive import additive_attention, project_keys
+from attnbook.data.translation import (
+    TranslationTask,
+    corpus_alignment_error_rate,
+    links_from_attention,
+)
+from attnbook.models.seq2seq import Seq2Seq
+from attnbook.train import TrainConfig, cross_entropy, train
+from attnbook.viz import colors, heatmap
+
+# Small recurrent steps are dominated by per-operation overhead: one thread is as fast as
+# two here, and leaves the other core to the rest of the build.
+if ch.device.type == "cpu":
+    torch.set_num_threads(1)
+
+# %% [markdown]
+# ## 1. The task: a made-up language pair with a known alignment
+#
+# The source language is subject-verb-object with adjectives before nouns; the target is
+# subject-object-verb with adjectives and articles after nouns, postpositions, and plural
+# and past tense written as separate particles. Every target word comes from one source
+# word, so the true alignment is known.
+
+# %%
+task = TranslationTask(seed=0, num_nouns=60, num_adjectives=25, num_verbs=30, num_prepositions=8)
+TRAIN_MAX_LEN = 25                       # like RNNsearch-30: trained on short, tested on longer
+TEST_BINS = [(3, 10), (11, 20), (21, 30), (31, 40)]
+STEPS = ch.pick(400, 10)                 # updates for each attention model
+NONE_STEPS = ch.pick(800, 20)            # the model without attention is cheaper per step
+BATCH = 64
+PER_BIN = ch.pick(80, 4)
+HIDDEN, EMBED = ch.pick((64, 32), (16, 8))
+HALF_WINDOW = 10                         # local-p's D, the value Luong et al. use
+
+train_pairs = task.sample(ch.pick(16_000, 200), 1, max_len=TRAIN_MAX_LEN)
+test_pairs = {bin_: task.sample(PER_BIN, 100 + k, min_len=bin_[0], max_len=bin_[1])
+              for k, bin_ in enumerate(TEST_BINS)}
+train_lengths = np.array([len(p.source) for p in train_pairs])
+
+example = task.sample(1, 7, min_len=9, max_len=11)[0]
+gloss = {t: s for s, t in example.alignment}
+ch.markdown("example", "\n".join([
+    "| | |", "|:--|:--|",
+    f"| source | `{' '.join(example.source)}` |",
+    f"| target | `{' '.join(example.target)}` |",
+    "| target word ← source word | " + ", ".join(
+        f"`{w}`←`{example.source[gloss[j]]}`" for j, w in enumerate(example.target)) + " |",
+]))
+ch.markdown("task-setup", (
+    f"The source vocabulary has {len(task.source_vocab)} entries and the target vocabulary "
+    f"{len(task.target_vocab)} (four of each are `<pad>`, `<bos>`, `<eos>`, `<unk>`). "
+    f"Training draws {len(train_pairs):,} sentence pairs with sources of 3 to {TRAIN_MAX_LEN} words "
+    f"(median {int(np.median(train_lengths))}; {np.mean(train_lengths > 20):.0%} are longer than 20 words); "
+    f"the test set holds {PER_BIN} fresh pairs in each source-length bin "
+    + ", ".join(f"{lo}–{hi}" for lo, hi in TEST_BINS) + "."))
+
+# %% [markdown]
+# ## 2. Six models, one training recipe
+#
+# Batches are built from sentences of similar length (less padding, shorter decoder loops),
+# drawn at random by the seeded generator of `attnbook.train.train`.
+
+# %%
+def bucketed_batches(pairs, batch_size):
+    ordered = sorted(pairs, key=lambda p: len(p.source))
+    return [task.batch(ordered[i:i + batch_size]) for i in range(0, len(ordered), batch_size)]
+
+
+train_batches = bucketed_batches(train_pairs, BATCH)
+
+
+def make_batch(generator):
+    b = train_batches[int(torch.randint(len(train_batches), (1,), generator=generator))]
+    return (b.src, b.src_lengths, b.tgt_in), b.tgt_out
+
+
+def loss_fn(output, targets):
+    logits, _ = output                     # the model also returns its attention weights
+    return cross_entropy(logits, targets)
+
+
+KINDS = ["none", "bahdanau", "dot", "general", "concat", "local-p"]
+LABELS = {"none": "no attention", "bahdanau": "Bahdanau (additive)", "dot": "Luong dot",
+          "general": "Luong general", "concat": "Luong concat", "local-p": "Luong local-p"}
+models, histories = {}, {}
+for kind in KINDS:
+    ch.seed(0)
+    model = Seq2Seq(len(task.source_vocab), len(task.target_vocab), attention=kind,
+                    embed_dim=EMBED, hidden_dim=HIDDEN, half_window=HALF_WINDOW,
+                    pad_id=task.source_vocab.pad_id)
+    steps = NONE_STEPS if kind == "none" else STEPS
+    config = TrainConfig(steps=steps, lr=1e-2, warmup_steps=steps // 20, weight_decay=0.0,
+                         clip_norm=1.0, seed=0)
+    cpu_start = time.process_time()
+    histories[kind] = train(model, make_batch, config, device=ch.device, loss_fn=loss_fn)
+    models[kind] = model.eval()
+    print(f"{kind:>9}: {steps} steps in {histories[kind].seconds:.1f} s "
+          f"({time.process_time() - cpu_start:.1f} s of CPU), "
+          f"final loss {np.mean(histories[kind].loss[-20:]):.3f}")
+
+# %% [markdown]
+# ## 3. Translation quality by source length (Bahdanau et al. 2015, Fig. 2)
+#
+# Greedy decoding; BLEU from `sacrebleu` on the words of each bin, exact match = the
+# whole sentence right.
+
+# %%
+def translate(model, pairs):
+    b = task.batch(pairs)
+    tokens, _ = model.greedy_decode(b.src.to(ch.device), b.src_lengths.to(ch.device),
+                                    max_len=ch.pick(2 * b.tgt_in.shape[1] + 10, b.tgt_in.shape[1]),
+                                    bos_id=task.target_vocab.bos_id, eos_id=task.target_vocab.eos_id)
+    return [" ".join(task.target_vocab.decode(row)) for row in tokens.cpu()]
+
+
+quality = {}                                # kind -> bin -> (bleu, exact match)
+for kind, model in models.items():
+    quality[kind] = {}
+    for bin_, pairs in test_pairs.items():
+        hypotheses = translate(model, pairs)
+        references = [" ".join(p.target) for p in pairs]
+        bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score
+        exact = np.mean([h == r for h, r in zip(hypotheses, references)])
+        quality[kind][bin_] = (bleu, exact)
+
+
+def bin_name(bin_):
+    return f"{bin_[0]}–{bin_[1]}"
+
+
+ch.table("quality-by-length", ["model"] + [f"BLEU {bin_name(b)}" for b in TEST_BINS]
+         + [f"exact {bin_name(b)}" for b in TEST_BINS],
+         [[LABELS[k]] + [f"{quality[k][b][0]:.1f}" for b in TEST_BINS]
+          + [f"{quality[k][b][1]:.0%}" for b in TEST_BINS] for k in KINDS])
+
+LONG = TEST_BINS[-1]
+best_long = max(KINDS[1:], key=lambda k: quality[k][LONG][0])
+worst_long = min(KINDS[1:], key=lambda k: quality[k][LONG][0])
+margin = quality[worst_long][LONG][0] - quality["none"][LONG][0]
+SHORT = TEST_BINS[0]
+none_short, none_long = quality["none"][SHORT][0], quality["none"][LONG][0]
+ch.markdown("long-sentences", (
+    f"On sources of {bin_name(LONG)} words, longer than any sentence seen in training, the "
+    f"best attention model ({LABELS[best_long]}) scores {quality[best_long][LONG][0]:.1f} BLEU "
+    f"and the weakest ({LABELS[worst_long]}) {quality[worst_long][LONG][0]:.1f}, against "
+    f"{none_long:.1f} for the model without attention"
+    + (f": every attention model is ahead by at least {margin:.0f} BLEU points." if margin > 0 else
+       ": on this run not every attention model is ahead there.")
+    + f" On the shortest sources ({bin_name(SHORT)} words) the model without attention "
+    f"reaches {none_short:.1f} BLEU"
+    + (": the fixed vector holds a short sentence, not a long one." if none_short > 2 * none_long
+       else ".")))
+
+
+def draw_quality(theme):
+    c = colors(theme)
+    fig, axes = plt.subplots(1, 2, figsize=(6.8, 3.4), sharex=True)
+    centres = [(lo + hi) / 2 for lo, hi in TEST_BINS]
+    styles = {"none": (c["fg"], "--", "s")}
+    for i, kind in enumerate(KINDS):
+        color, line, marker = styles.get(kind, (c["palette"][i % len(c["palette"])], "-", "o"))
+        for ax, k, scale in ((axes[0], 0, 1), (axes[1], 1, 100)):
+            ax.plot(centres, [quality[kind][b][k] * scale for b in TEST_BINS], line, marker=marker,
+                    color=color, label=LABELS[kind], markersize=4)
+    for ax, title in zip(axes, ("BLEU", "exact match (%)")):
+        ax.axvspan(TRAIN_MAX_LEN + 0.5, TEST_BINS[-1][1], color=c["grid"], alpha=0.5, lw=0)
+        ax.set_xlabel("source length (words)")
+        ax.set_title(title)
+        ax.set_ylim(0, 100)
+        ax.set_xticks(centres, [bin_name(b) for b in TEST_BINS])
+    axes[0].text(TRAIN_MAX_LEN + 1, 95, "longer than\nany training\nsentence", fontsize=8,
+                 va="top", color=c["muted"])
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return fig
+
+
+ch.figure("quality-by-length", draw_quality)
+
+# %% [markdown]
+# ## 4. Alignment error rate of every score
+#
+# Teacher forcing on the reference translation (as Luong et al. do with "forced"
+# decoding), then each target word is linked to its highest-weight source word and the
+# links are scored with AER (sure links only: 1 - F1).
+
+# %%
+all_test = [p for pairs in test_pairs.values() for p in pairs]
+
+
+@torch.no_grad()
+def attention_on_reference(model, pairs):
+    b = task.batch(pairs)
+    _, weights = model(b.src.to(ch.device), b.src_lengths.to(ch.device), b.tgt_in.to(ch.device))
+    return weights.cpu()
+
+
+aer, aer_by_bin = {}, {}
+for kind in KINDS[1:]:
+    predicted, true = [], []
+    for bin_, pairs in test_pairs.items():
+        weights = attention_on_reference(models[kind], pairs)
+        links = [links_from_attention(w, src_len=len(p.source), tgt_len=len(p.target))
+                 for w, p in zip(weights, pairs)]
+        aer_by_bin[kind, bin_] = corpus_alignment_error_rate(links, [p.alignment for p in pairs])
+        predicted += links
+        true += [p.alignment for p in pairs]
+    aer[kind] = corpus_alignment_error_rate(predicted, true)
+
+# A baseline that needs no model: link target word j to source word round(j * S / T).
+diagonal = [[(min(len(p.source) - 1, round(j * len(p.source) / len(p.target))), j)
+             for j in range(len(p.target))] for p in all_test]
+aer_diagonal = corpus_alignment_error_rate(diagonal, [p.alignment for p in all_test])
+
+ch.table("aer", ["model", "AER (all)"] + [f"AER {bin_name(b)}" for b in TEST_BINS]
+         + ["BLEU (all)", "parameters", "training steps"],
+         [[LABELS[k], f"{aer[k]:.2f}"] + [f"{aer_by_bin[k, b]:.2f}" for b in TEST_BINS]
+          + [f"{np.mean([quality[k][b][0] for b in TEST_BINS]):.1f}",
+             f"{sum(p.numel() for p in models[k].parameters()):,}", STEPS] for k in KINDS[1:]]
+         + [["diagonal guess (no model)", f"{aer_diagonal:.2f}"] + ["–"] * len(TEST_BINS)
+            + ["–", "–", "–"]])
+best_aer = min(aer, key=aer.get)
+ch.markdown("aer-summary", (
+    f"The lowest alignment error rate is {LABELS[best_aer]}'s, {aer[best_aer]:.2f}; the highest is "
+    f"{LABELS[max(aer, key=aer.get)]}'s, {max(aer.values()):.2f}. A guess that ignores the words "
+    f"and follows the diagonal scores {aer_diagonal:.2f}, so every score "
+    + ("learned" if max(aer.values()) < aer_diagonal else "except the worst learned")
+    + " an alignment that the word order alone does not give."))
+
+# %% [markdown]
+# ## 5. Alignment heatmaps next to the truth
+
+# %%
+shown = task.sample(1, 11, min_len=12, max_len=13)[0]
+shown_weights = {k: attention_on_reference(models[k], [shown])[0, :len(shown.target)]
+                 for k in KINDS[1:]}
+truth = torch.zeros(len(shown.target), len(shown.source))
+for i, j in shown.alignment:
+    truth[j, i] = 1.0
+
+
+def draw_alignments(theme):
+    fig, axes = plt.subplots(2, 3, figsize=(6.8, 6.4), sharex=True, sharey=True)
+    panels = [("true alignment", truth)] + [(LABELS[k], shown_weights[k]) for k in KINDS[1:]]
+    for ax, (title, w) in zip(axes.flat, panels):
+        heatmap(ax, w, shown.source, shown.target, theme=theme, xlabel="", ylabel="")
+        ax.set_title(title, fontsize=9)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("target")
+    for ax in axes[-1]:
+        ax.set_xlabel("source")
+    fig.tight_layout()
+    return fig
+
+
+ch.figure("alignments", draw_alignments, fmt="png")
+
+# %% [markdown]
+# ## 6. Learning curves
+
+# %%
+def draw_curves(theme):
+    c = colors(theme)
+    fig, ax = plt.subplots(figsize=(6.0, 2.8))
+    window = ch.pick(20, 5)
+    for i, kind in enumerate(KINDS):
+        loss = np.convolve(histories[kind].loss, np.ones(window) / window, mode="valid")
+        style = {"color": c["fg"], "linestyle": "--"} if kind == "none" else \
+                {"color": c["palette"][i % len(c["palette"])]}
+        ax.plot(np.arange(len(loss)) + window, loss, label=LABELS[kind], lw=1.2, **style)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("cross-entropy (nats/word)")
+    ax.set_yscale("log")
+    ax.set_yticks([0.2, 0.5, 1, 2, 4], ["0.2", "0.5", "1", "2", "4"])
+    ax.yaxis.set_minor_formatter(plt.NullFormatter())
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+ch.figure("learning-curves", draw_curves)
+ch.table("training-time", ["model", "steps", "seconds", "ms per step", "final loss"],
+         [[LABELS[k], len(histories[k].loss), f"{histories[k].seconds:.1f}",
+           f"{1000 * histories[k].seconds / len(histories[k].loss):.0f}",
+           f"{np.mean(histories[k].loss[-20:]):.3f}"] for k in KINDS])
+
+# %% [markdown]
+# ## 7. Precomputing U_a h_j changes nothing but the cost
+#
+# The additive score splits into a part that depends on the decoder step and a part that
+# does not; the second can be computed once per sentence.
+
+# %%
+gen = torch.Generator().manual_seed(0)
+src_len, tgt_len, key_dim, query_dim, attn_dim = 30, 30, 64, 64, 64
+keys = torch.randn(8, src_len, key_dim, generator=gen, dtype=torch.float64)
+queries = torch.randn(8, tgt_len, query_dim, generator=gen, dtype=torch.float64)
+W_q, W_k = (torch.randn(attn_dim, d, generator=gen, dtype=torch.float64) / d**0.5
+            for d in (query_dim, key_dim))
+v = torch.randn(attn_dim, generator=gen, dtype=torch.float64) / attn_dim**0.5
+recomputed = torch.stack([additive_attention(queries[:, t], keys, W_q, W_k, v)[0]
+                          for t in range(tgt_len)], 1)
+projected = project_keys(keys, W_k)
+precomputed = torch.stack([additive_attention(queries[:, t], keys, W_q, W_k, v,
+                                              projected_keys=projected)[0]
+                           for t in range(tgt_len)], 1)
+difference = (recomputed - precomputed).abs().max().item()
+ch.markdown("precompute", (
+    f"In the chapter's script, for {tgt_len} decoder steps over a {src_len}-word source (float64), "
+    "the contexts computed with the $h_j U_a$ projected once "
+    + ("are identical to those recomputed at every step, bit for bit: the same operations on the "
+       "same numbers." if difference == 0 else
+       f"differ from those recomputed at every step by at most {difference:.1e} (rounding).")
+    + f" The projection is a ({src_len} × {key_dim}) by ({key_dim} × {attn_dim}) product per "
+    f"sentence that the recomputing version pays {tgt_len} times instead of once."))
+
+# %% [markdown]
+# ## 8. The papers' numbers beside ours
+
+# %%
+ch.table("paper-bahdanau", ["model", "task", "BLEU, all test sentences", "BLEU, no unknown words"], [
+    ["RNNencdec-30 (no attention)", "WMT'14 En→Fr (Bahdanau et al., Table 1)", "13.93", "24.19"],
+    ["RNNsearch-30 (additive attention)", "WMT'14 En→Fr (Bahdanau et al., Table 1)", "21.50", "31.44"],
+    ["RNNencdec-50 (no attention)", "WMT'14 En→Fr (Bahdanau et al., Table 1)", "17.82", "26.71"],
+    ["RNNsearch-50 (additive attention)", "WMT'14 En→Fr (Bahdanau et al., Table 1)", "26.75", "34.16"],
+    ["no attention (ours)", "toy task, mean BLEU over the 4 length bins",
+     f"{np.mean([quality['none'][b][0] for b in TEST_BINS]):.1f}", "–"],
+    ["Bahdanau (ours)", "toy task, mean BLEU over the 4 length bins",
+     f"{np.mean([quality['bahdanau'][b][0] for b in TEST_BINS]):.1f}", "–"],
+], align="llrr")
+ch.table("paper-luong", ["attention", "Luong et al., Table 4: BLEU (before unk replacement)",
+                         "ours: mean BLEU", "ours: AER"], [
+    ["global, dot", "18.6", f"{np.mean([quality['dot'][b][0] for b in TEST_BINS]):.1f}", f"{aer['dot']:.2f}"],
+    ["global, general", "17.3", f"{np.mean([quality['general'][b][0] for b in TEST_BINS]):.1f}",
+     f"{aer['general']:.2f}"],
+    ["global, concat", "– (not reported: footnote 15 gives only perplexities)",
+     f"{np.mean([quality['concat'][b][0] for b in TEST_BINS]):.1f}", f"{aer['concat']:.2f}"],
+    ["local-p, general", "19", f"{np.mean([quality['local-p'][b][0] for b in TEST_BINS]):.1f}",
+     f"{aer['local-p']:.2f}"],
+], align="llrr")
+ch.json("summary", {
+    "quality": {k: {bin_name(b): list(quality[k][b]) for b in TEST_BINS} for k in KINDS},
+    "aer": aer, "aer_diagonal": aer_diagonal,
+    "seconds": {k: histories[k].seconds for k in KINDS},
+})
+print("wrote", ", ".join(sorted(ch.written)))
