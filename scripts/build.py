@@ -305,6 +305,9 @@ def build_chapters(layout: Layout, slugs=None, device: str = "auto", jobs: int =
         log(f"  {r.slug:28s} cached")
     if not todo:
         return results
+    # longest first (by the last recorded time; unknown ones first), so parallel jobs finish together
+    previous = read_manifest(layout)
+    todo = sorted(todo, key=lambda s: -previous.get(s, {}).get("seconds", float("inf")))
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     log(f"running {len(todo)} chapter(s) on {device} with {jobs} job(s), {threads} thread(s) each")
     machine = _machine()
