@@ -21,7 +21,7 @@
 # ```
 #
 # 1. the fixed-vector bottleneck: a GRU encoder–decoder reverses sequences of growing
-#    length, without attention and with it, at the same hidden size;
+#    length, without attention and with it, at the same decoder hidden size;
 # 2. Nadaraya–Watson kernel regression as attention: fixed and learned bandwidth, the
 #    weights over the training points, and the dot-product form of the Gaussian kernel;
 # 3. path length and gradients: how strongly the output of a trained Elman RNN, a GRU and
@@ -62,9 +62,11 @@ if device.type == "cpu":
 # The task: reverse a sequence of random symbols. Every output token depends on a
 # different input token, so nothing about the input may be forgotten. Sources have
 # lengths MIN_LEN..MAX_LEN; symbols are 3..VOCAB+2, with 0 = padding, 1 = begin and
-# 2 = end of sequence. Both models are the same GRU encoder–decoder with the same hidden
-# size; one decodes from the encoder's last state only, the other also attends over all
-# encoder states (Bahdanau's additive score).
+# 2 = end of sequence. Both models are GRU encoder–decoders with the same hidden size.
+# Without attention the decoder gets one fixed vector c = h_m, the encoder's last state: it
+# starts from it and is fed the same c at every step and in its output layer (Cho et al.'s
+# RNNencdec). With attention the encoder is bidirectional and c is replaced by c_i, recomputed
+# from all encoder states at every step (Bahdanau's additive score).
 
 # %%
 # --8<-- [start:reversal-data]
@@ -186,6 +188,17 @@ ch.markdown("bottleneck-setup",
             f"parameters, with attention (Bahdanau's additive score over a bidirectional encoder) "
             f"{STEPS['bahdanau']} steps and {n_params['attention']:,} parameters. Greedy decoding of {per_length} fresh sequences per length; "
             f"exact match counts a sequence only if every symbol and the end token are right.")
+steps_ratio = STEPS["none"] / STEPS["bahdanau"]
+params_ratio = n_params["attention"] / n_params["no attention"]
+if steps_ratio > 1:
+    budget = (f"The model without attention gets {steps_ratio:.1f} times as many training steps "
+              f"({STEPS['none']} against {STEPS['bahdanau']}); the model with attention has "
+              f"{params_ratio:.1f} times as many parameters.")
+else:
+    budget = (f"The model without attention gets {STEPS['none']} training steps, the model with "
+              f"attention {STEPS['bahdanau']}; the model with attention has {params_ratio:.1f} times "
+              f"as many parameters.")
+ch.markdown("bottleneck-budget", budget)
 short, long_ = 0, len(eval_lengths) - 1
 drop = {n: bottleneck[n]["exact"][short] - bottleneck[n]["exact"][long_] for n in bottleneck}
 if drop["no attention"] > drop["attention"] + 0.1:
@@ -319,6 +332,23 @@ ch.figure("nw-fit", draw_nw_fit)
 ch.figure("nw-weights", draw_nw_weights, fmt="png")
 
 # %% [markdown]
+# Exercise 3 of the chapter: Eq. (9) checked numerically on random queries and keys. The
+# solution on the page includes this cell and the sentence it writes.
+
+# %%
+# --8<-- [start:exercise-3]
+from attnbook.attention.kernel_regression import nadaraya_watson_weights
+
+g = torch.Generator().manual_seed(0)
+q = torch.randn(5, 3, generator=g, dtype=torch.float64)     # 5 queries, rows of length 3
+k = torch.randn(7, 3, generator=g, dtype=torch.float64)     # 7 keys
+a = torch.softmax(gaussian_scores_dot_product_form(q, k, 0.8), dim=-1)
+difference = (a - nadaraya_watson_weights(q, k, 0.8)).abs().max().item()
+ch.markdown("exercise-3", f"Largest difference between the two sets of weights: {difference:.1e} "
+                          f"(float64, whose machine epsilon is {torch.finfo(torch.float64).eps:.1e}).")
+# --8<-- [end:exercise-3]
+
+# %% [markdown]
 # ## 3. Path length and gradients
 #
 # The adding problem: a sequence of T pairs (value, marker), values uniform in [0, 1],
@@ -379,6 +409,13 @@ paths = {}
 for i, (name, make) in enumerate(MAKERS.items()):
     torch.manual_seed(10 + i)
     model = make()
+    if name == "Elman RNN":   # what Eq. (10) is made of, at initialisation (W_h = weight_hh_l0ᵀ)
+        w_h = model.rnn.weight_hh_l0.detach().T
+        with torch.no_grad():
+            states, _ = model.rnn(x_probe[:128])
+        elman_init = {"norm": torch.linalg.matrix_norm(w_h, ord=2).item(),
+                      "radius": torch.linalg.eigvals(w_h).abs().max().item(),
+                      "slope": (1 - states.pow(2)).mean().item()}       # mean tanh' = mean entry of D_t
     # --8<-- [start:measure]
     before = norms_by_distance(input_jacobian_norms(model, x_probe[:128]), T - 1).mean(0)  # (T,)
     history = train(model, lambda g: adding_batch(g, 64),
@@ -426,6 +463,23 @@ if learnt:
 else:
     summary += "After training, no model reached a test MSE below a tenth of the baseline."
 ch.markdown("paths-summary", summary)
+
+e = elman_init
+elman_text = (f"The initialised Elman RNN has $\\lVert W_h\\rVert_2 = {e['norm']:.2f}$ and spectral radius "
+              f"$\\rho(W_h) = {e['radius']:.2f}$; the entries of $D_t$ (the tanh slopes) average {e['slope']:.2f} "
+              f"over the test sequences, and its measured change per step back is "
+              f"×{per_step_factor(elman['before']):.2f}")
+gain = e["radius"] * e["slope"]     # a rough estimate of the typical per-step gain of J_t
+close = abs(np.log(per_step_factor(elman["before"]) / gain)) < np.log(1.2)
+elman_text += (f", {'close to' if close else 'to be compared with'} $\\rho(W_h)$ times the mean slope, "
+               f"{gain:.2f}. ")
+if e["norm"] >= 1:
+    elman_text += (f"Since $\\lVert W_h\\rVert_2 \\ge 1$, the bound of Eq. (10) grows like "
+                   f"{e['norm']:.2f}$^k$: it allows growth and does not predict the decay.")
+else:
+    elman_text += (f"Since $\\lVert W_h\\rVert_2 < 1$, the bound of Eq. (10) guarantees a decay of at least "
+                   f"×{e['norm']:.2f} per step.")
+ch.markdown("paths-elman", elman_text)
 
 
 def draw_paths(theme: str):
