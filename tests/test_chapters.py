@@ -121,3 +121,38 @@ def test_captions_and_alt_text_hold_in_both_themes():
     script = (REPO / "docs" / "javascripts" / "explorer.js").read_text()
     found += [f"explorer.js: {m.group(0)}" for m in re.finditer(r"darker[^\"`]*", script)]
     assert not found, "captions that only hold in one theme:\n" + "\n".join(found)
+
+
+def chapter_numbers() -> dict[int, Path]:
+    """Number -> page, from each page's numbered H1 ('# 3. Additive ...')."""
+    pages = {}
+    for page in (REPO / "docs").rglob("*.md"):
+        if "generated" in page.relative_to(REPO / "docs").parts:
+            continue
+        first = page.read_text(encoding="utf-8").split("\n", 1)[0]
+        match = re.match(r"# (\d+)\. ", first)
+        if match:
+            pages[int(match.group(1))] = page
+    return pages
+
+
+def test_every_mention_of_an_existing_chapter_is_a_link_to_it():
+    pages = chapter_numbers()
+    # a mention inside link text: [ ... chapter 3 ... ](target)
+    linked = re.compile(r"\[[^\]]*?\b[Cc]hapters? (\d+)[^\]]*\]\(([^)]+)\)")
+    mention = re.compile(r"\b[Cc]hapter (\d+)\b")
+    problems = []
+    for page in sorted(pages.values()) + [REPO / "docs" / "index.md"]:
+        text = page.read_text(encoding="utf-8")
+        for match in linked.finditer(text):
+            number, target = int(match.group(1)), match.group(2).split("#")[0]
+            if number in pages and target and not (page.parent / target).resolve() == pages[number].resolve():
+                problems.append(f"{page.relative_to(REPO)}: '{match.group(0)[:60]}' links to {target}")
+        plain = linked.sub("", text)
+        plain = re.sub(r"^#.*$|`[^`]*`", "", plain, flags=re.M)  # headings and code
+        for match in mention.finditer(plain):
+            number = int(match.group(1))
+            if number in pages and pages[number] != page:
+                problems.append(f"{page.relative_to(REPO)}: '{plain[max(0, match.start() - 20):match.end() + 10]}'"
+                                f" is not a link")
+    assert not problems, "\n".join(problems)
