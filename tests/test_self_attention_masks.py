@@ -188,11 +188,30 @@ def test_dtype_min_additive_mask_makes_a_fully_masked_row_uniform():
     assert torch.equal(weights[0], torch.full((5,), 0.2))
 
 
-def test_two_dtype_min_masks_added_overflow_to_minus_inf():
+def test_the_same_dtype_min_mask_added_to_itself_overflows_and_brings_the_nan_back():
+    # Every masked entry is hidden twice: 2 * finfo.min overflows to -inf, so an empty row is NaN.
     keep = _keep_with_an_empty_row()
     twice = additive_mask(keep, fill="min") + additive_mask(keep, fill="min")
-    assert torch.isinf(twice[~keep]).all()
-    assert torch.isnan(torch.softmax(twice, dim=-1)[0]).all()  # the NaN is back
+    assert torch.isinf(twice[~keep]).all() and torch.all(twice[keep] == 0)
+    assert torch.isnan(torch.softmax(twice, dim=-1)[0]).all()
+
+
+def test_padding_plus_causal_dtype_min_masks_let_a_padding_query_read_future_tokens():
+    # A real padding mask and a real causal mask overlap only in part. Left padding, 3 of 6 tokens:
+    # padding query 0 has keys 1, 2 hidden by both (-inf) and keys 0, 3, 4, 5 hidden once (min),
+    # so its softmax is uniform over those four, three of which are future real tokens. No NaN.
+    n, pad = 6, 3
+    keep_pad = padding_mask(torch.tensor([n - pad]), n, side="left")[0]
+    pad_keep, causal_keep = keep_pad[None, :].expand(n, n), causal_mask(n)
+    both = additive_mask(pad_keep, fill="min") + additive_mask(causal_keep, fill="min")
+    assert torch.equal(torch.isinf(both), ~pad_keep & ~causal_keep)
+    scores = torch.randn(n, n, generator=torch.Generator().manual_seed(0))
+    weights = torch.softmax(scores + both, dim=-1)
+    assert not torch.isnan(weights).any()
+    assert torch.equal(weights[0], torch.tensor([0.25, 0.0, 0.0, 0.25, 0.25, 0.25]))
+    # real queries (3..5) hide each key at most once, so they match the boolean mask exactly
+    expected = torch.softmax(scores.masked_fill(~(pad_keep & causal_keep), float("-inf")), dim=-1)
+    assert torch.equal(weights[pad:], expected[pad:])
 
 
 def test_float16_min_plus_a_negative_score_overflows_to_minus_inf():

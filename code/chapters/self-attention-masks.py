@@ -35,12 +35,14 @@ ch = Chapter("self-attention-masks")
 
 # %%
 import math
+import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.patches import FancyArrowPatch
+from matplotlib.patches import FancyArrowPatch, Patch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
 from attnbook.attention import causal_mask, padding_mask, sdpa
@@ -50,7 +52,7 @@ from attnbook.attention.masks import additive_mask
 from attnbook.data.text import ALICE, CharVocab, load_text, text_windows
 from attnbook.models.char_lm import TinyLM, generate
 from attnbook.train import TrainConfig, cross_entropy, train
-from attnbook.viz import colors, heatmap
+from attnbook.viz import attention_cmap, colors, heatmap
 
 device = ch.device
 if device.type == "cpu":
@@ -156,6 +158,12 @@ with torch.no_grad():
     _, weights_reversed = layer(masked.embed(reversed_ids)[None])
     reflect_error = (weights_reversed[0] - weights_plain[0].flip(0).flip(1)).abs().max().item()
 chars = [c if c != " " else "␣" for c in SENTENCE]
+# repeated characters: how often each occurs, and how far apart their columns (and rows) are
+repeats = {c: [i for i, x in enumerate(SENTENCE) if x == c] for c in dict.fromkeys(SENTENCE)}
+repeats = {c: where for c, where in repeats.items() if len(where) > 1}
+copy_error = max(max((weights_plain[0][:, where] - weights_plain[0][:, where[:1]]).abs().max().item(),
+                     (weights_plain[0][where] - weights_plain[0][where[:1]]).abs().max().item())
+                 for where in repeats.values())
 
 
 def draw_equivariance(theme):
@@ -171,7 +179,11 @@ ch.figure("equivariance", draw_equivariance)
 ch.markdown("equivariance-numbers", (
     f"The right matrix is the left one turned by half a turn (rows and columns both reversed) "
     f"to within {reflect_error:.0e}: no weight depends on where a character stands, only on which "
-    f"character it is. Both copies of *t*, *h*, *e*, *a* and the spaces get identical columns."
+    f"character it is. All copies of a repeated character get the same column and the same row "
+    f"({'bit for bit' if copy_error == 0 else f'to within {copy_error:.0e}'}); the repeated characters, with their counts, are "
+    + ", ".join(f"*{c}* ({len(w)})" if c != " " else f"the space ({len(w)})"
+                for c, w in sorted(repeats.items(), key=lambda item: (-len(item[1]), item[0] == " ", item[0])))
+    + "."
 ))
 
 # %% [markdown]
@@ -183,8 +195,8 @@ ch.markdown("equivariance-numbers", (
 gen = torch.Generator().manual_seed(7)
 batch, heads, seq, head_dim = 2, 2, 6, 8
 lengths = torch.tensor([6, 3])
-keep = padding_mask(lengths, seq, side="left")                           # (batch, seq)
-mask = keep[:, None, None, :] & causal_mask(seq, device=keep.device)     # key padding AND causal
+keep = padding_mask(lengths, seq, side="left").to(device)               # (batch, seq)
+mask = keep[:, None, None, :] & causal_mask(seq, device=device)         # key padding AND causal
 fully_masked_rows = int((~mask.any(dim=-1)).sum())
 
 
@@ -194,30 +206,94 @@ def naive_attention(q, k, v, mask):
     return weights @ v
 
 
-def nan_counts(attend):
-    """NaN entries at padding / real positions after each of two self-attention layers."""
-    x = torch.randn(batch, heads, seq, head_dim, generator=torch.Generator().manual_seed(11))
-    real = keep[:, None, :, None].expand_as(x)
-    counts = []
+def bare_layers(attend):
+    """Outputs of two bare self-attention layers: q = k = v = x, no projections, residual or norm."""
+    x = torch.randn(batch, heads, seq, head_dim, generator=torch.Generator().manual_seed(11)).to(device)
+    outputs = []
     for _ in range(2):  # self-attention twice, with the same mask, as in a 2-layer model
         x = attend(x, x, x, mask)
-        counts.append(f"{int(torch.isnan(x[~real]).sum())} / {int(torch.isnan(x[real]).sum())}")
-    return counts
+        outputs.append(x)
+    return outputs
 
 
-real_count = int(keep.sum()) * heads * head_dim
-ch.table("nan-spread", ["softmax", "NaN after layer 1 (padding / real)", "NaN after layer 2 (padding / real)"], [
-    ["`torch.softmax` on $-\\infty$-filled scores", *nan_counts(naive_attention)],
+real = keep[:, None, :, None].expand(batch, heads, seq, head_dim)       # real token positions
+padded_sequence = (lengths < seq).to(device)[:, None, None, None].expand_as(real)
+
+
+def nan_counts(outputs):
+    return [f"{int(torch.isnan(x[~real]).sum())} / {int(torch.isnan(x[real]).sum())}" for x in outputs]
+
+
+def sdpa_backend(backend):
+    def attend(q, k, v, m):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+    return attend
+
+
+torch_version = torch.__version__.split("+")[0]
+where = f"torch {torch_version}, {device.type}"
+naive_outputs = bare_layers(naive_attention)
+nan_rows = [
+    ["`torch.softmax` on $-\\infty$-filled scores", *nan_counts(naive_outputs)],
     ["the book's `stable_softmax`",
-     *nan_counts(lambda q, k, v, m: scaled_dot_product_attention(q, k, v, m)[0])],
-    ["`F.scaled_dot_product_attention` (torch " + torch.__version__.split("+")[0] + ")",
-     *nan_counts(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m))],
-], align="lrr")
+     *nan_counts(bare_layers(lambda q, k, v, m: scaled_dot_product_attention(q, k, v, m)[0]))],
+]
+sdpa_ran, sdpa_failed = {}, []
+for backend in (SDPBackend.MATH, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                SDPBackend.CUDNN_ATTENTION):
+    try:
+        with warnings.catch_warnings():  # a backend that cannot run warns before it raises
+            warnings.simplefilter("ignore")
+            sdpa_ran[backend.name] = bare_layers(sdpa_backend(backend))
+    except RuntimeError:
+        sdpa_failed.append(backend.name)
+for name, outputs in sdpa_ran.items():
+    nan_rows.append([f"`F.scaled_dot_product_attention`, `{name}` backend ({where})", *nan_counts(outputs)])
+ch.table("nan-spread", ["softmax", "NaN after layer 1 (padding / real)", "NaN after layer 2 (padding / real)"],
+         nan_rows, align="lrr")
+real_count = int(real.sum())
+real_in_padded = int((real & padded_sequence).sum())
 ch.markdown("nan-spread-setup", (
-    f"Two left-padded sequences of lengths {lengths.tolist()} in a batch of length {seq}, "
+    f"Two sequences of lengths {' and '.join(map(str, lengths.tolist()))}, left-padded to {seq}, "
     f"{heads} heads of size {head_dim}; the mask is key padding AND causal, which leaves "
-    f"{fully_masked_rows} (batch, head-independent) query rows with no key at all. Counts are entries of the "
-    f"`(batch, heads, seq, head_dim)` output at padding / real positions; there are {real_count} real entries."
+    f"{fully_masked_rows} (batch, head-independent) query rows with no key at all. Each layer is bare "
+    f"attention: $Q$, $K$ and $V$ are all the previous layer's output, with no projections, residual or "
+    f"LayerNorm. Counts are "
+    f"entries of the `(batch, heads, seq, head_dim)` output at padding / real positions; there are "
+    f"{int((~real).sum())} padding entries and {real_count} real ones, {real_in_padded} of them in the "
+    f"padded sequence. Run with {where}."
+))
+
+layer1, layer2 = naive_outputs
+nan_real_padded = int(torch.isnan(layer2[real & padded_sequence]).sum())
+nan_real_full = int(torch.isnan(layer2[real & ~padded_sequence]).sum())
+spread = (
+    f"With the plain softmax, after one layer {int(torch.isnan(layer1[~real]).sum())} of the "
+    f"{int((~real).sum())} padding entries and {int(torch.isnan(layer1[real]).sum())} real ones are NaN; "
+    f"after the second, {nan_real_padded} of the {real_in_padded} real entries of the padded sequence are NaN "
+    f"and {nan_real_full} of the {real_count - real_in_padded} real entries of the sequence without padding"
+)
+spread += (": the NaN reaches every real token that has a padding key in its past, and no other."
+           if nan_real_padded == real_in_padded and nan_real_full == 0 else ".")
+
+
+def empty_row_outputs(outputs):
+    first = outputs[0][~real]
+    if torch.isnan(first).any():
+        return "NaN"
+    return "zeros" if torch.all(first == 0) else "nonzero values"
+
+
+by_result = {}
+for name, outputs in sdpa_ran.items():
+    by_result.setdefault(empty_row_outputs(outputs), []).append(f"`{name}`")
+measured = "; ".join(f"the {' and '.join(names)} backend{'s' if len(names) > 1 else ''} returned {result}"
+                     for result, names in by_result.items())
+ch.markdown("nan-spread-numbers", (
+    spread + f" For the empty rows, on {device.type} with torch {torch_version}, {measured} at the padding positions after layer 1"
+    + (f" ({', '.join(f'`{n}`' for n in sdpa_failed)} cannot run this input here)" if sdpa_failed else "")
+    + "."
 ))
 
 # %% [markdown]
@@ -251,7 +327,7 @@ for label, fill in (("$-\\infty$", "-inf"), ("`finfo(float32).min`", "min")):
     additive_rows.append([label, row_report(weights), f"{other_error:.0e}"])
 twice = additive_mask(keep_rows, torch.float32, fill="min") + additive_mask(keep_rows, torch.float32, fill="min")
 weights_twice = torch.softmax(scores32 + twice, dim=-1)
-additive_rows.append(["`finfo(float32).min` added twice (padding + causal)", row_report(weights_twice),
+additive_rows.append(["`finfo(float32).min`, the same mask added to itself", row_report(weights_twice),
                       f"{(weights_twice[1:] - scaled_dot_product_attention(q, k, v, keep_rows)[1][0, 0, 1:]).abs().max().item():.0e}"])
 scores16 = (scores32 * 8).half()   # sharper scores, as after training, in float16
 weights16 = torch.softmax((scores16 + additive_mask(keep_rows, torch.float16, fill="min")).float(), dim=-1)
@@ -263,10 +339,48 @@ overflow16 = {s: (min16 + torch.tensor(s, dtype=torch.float16)).item() for s in 
 ch.table("additive", ["additive mask value", "fully masked row becomes", "max error on the other rows"],
          additive_rows, align="llr")
 ch.markdown("additive-numbers", (
-    f"Four queries, five keys; query 0 may attend nothing. Adding `finfo(float32).min` twice gives "
-    f"{int(torch.isinf(twice).sum())} entries equal to $-\\infty$ (every masked entry). In float16, "
+    f"Four queries, five keys; query 0 may attend nothing. Adding the same `finfo(float32).min` mask to "
+    f"itself gives {int(torch.isinf(twice).sum())} entries equal to $-\\infty$, every one of the "
+    f"{int((~keep_rows).sum())} masked entries, because each is hidden twice. In float16, "
     f"`finfo.min` + (−15) = {overflow16[-15.0]:.0f} but `finfo.min` + (−17) = {overflow16[-17.0]}: a masked "
     f"score below about −16 overflows on its own. The errors are against the book's boolean-mask attention."
+))
+
+# %% [markdown]
+# A real padding mask and a real causal mask differ, so only some entries are hidden twice.
+# Left padding (3 of 6 tokens) plus causal, both as additive `finfo(float32).min` masks.
+
+# %%
+n_pc, pad_pc = 6, 3
+keep_pad = padding_mask(torch.tensor([n_pc - pad_pc]), n_pc, side="left")[0]     # (k_len,)
+pad_keep, causal_keep = keep_pad[None, :].expand(n_pc, n_pc), causal_mask(n_pc)
+both = (additive_mask(pad_keep, torch.float32, fill="min")
+        + additive_mask(causal_keep, torch.float32, fill="min"))                # padding + causal
+scores_pc = torch.randn(n_pc, n_pc, generator=gen)
+weights_pc = torch.softmax(scores_pc + both, dim=-1)
+reference_pc = torch.softmax(scores_pc.masked_fill(~(pad_keep & causal_keep), float("-inf")), dim=-1)
+real_rows = keep_pad                                  # queries that are real tokens
+future_real = (torch.arange(n_pc)[None, :] > torch.arange(n_pc)[:, None]) & keep_pad[None, :]
+pc_rows = []
+for i in range(pad_pc):
+    hidden_twice = int(torch.isinf(both[i]).sum())
+    pc_rows.append([f"{i} (padding)", f"{hidden_twice} of {n_pc}",
+                    f"{float(weights_pc[i, ~keep_pad].sum()):.2f}", f"{float(weights_pc[i, future_real[i]].sum()):.2f}",
+                    "yes" if torch.isnan(weights_pc[i]).any() else "no"])
+ch.table("additive-two-masks", ["query", "keys hidden by both masks ($-\\infty$)", "weight on padding keys",
+                                "weight on future real tokens", "NaN"], pc_rows, align="lrrrr")
+real_error = (weights_pc[real_rows] - reference_pc[real_rows]).abs().max().item()
+future_weight = float(weights_pc[0, future_real[0]].sum())
+any_nan = bool(torch.isnan(weights_pc).any())
+ch.markdown("additive-two-masks-numbers", (
+    f"One sequence of {n_pc - pad_pc} real tokens, left-padded to {n_pc}; the key padding mask and the causal "
+    f"mask are each built with `finfo(float32).min` and added. "
+    + ("No row is NaN. " if not any_nan else "Some rows are NaN. ")
+    + f"Padding query 0 puts {future_weight:.2f} of its weight on the {int(future_real[0].sum())} real tokens "
+    f"that lie in its future: a row with no allowed key ends up uniform over the keys hidden only once, "
+    f"here including tokens the causal mask was meant to hide. On the real queries, which have allowed keys, "
+    f"the added masks give the weights of the boolean mask "
+    f"{'bit for bit' if real_error == 0 else f'to within {real_error:.0e}'}."
 ))
 
 # %% [markdown]
@@ -331,12 +445,13 @@ for name, model in models.items():
     leak_rows.append([name, f"{histories[name].loss[-1]:.3f}", f"{every:.3f}", f"{last:.3f}",
                       "0 (bit-identical)" if moved == 0 else f"{moved:.2f}"])
 ch.table("leakage", ["model", "training loss (last step)", "held-out loss, all positions",
-                     "held-out loss, last position only", f"max change of logits at t ≤ {SEQ // 2} when inputs after t change"],
+                     "held-out loss, last position only", f"max change of logits at positions ≤ {SEQ // 2} when the inputs after position {SEQ // 2} change"],
          leak_rows, align="lrrrr")
 ch.markdown("leakage-setup", (
     f"Losses in nats per character (uniform guessing over {len(vocab)} characters costs "
     f"$\\ln {len(vocab)} = {math.log(len(vocab)):.2f}$), on 64 held-out windows of {SEQ} characters. "
-    f"The last position of a window is the only one whose answer is not among the inputs, for either model."
+    f"The last position of a window is the only one whose answer is not among the inputs, for either model. "
+    f"The last column perturbs every input after one cut position, {SEQ // 2} (positions count from 0)."
 ))
 every_u, last_u, _ = leak["without mask"]
 every_m, last_m, _ = leak["with causal mask"]
@@ -344,9 +459,15 @@ verdict = (
     f"Without the mask, the held-out loss over all positions is {every_u:.2f} nats, "
     f"{'far below' if every_u < 0.5 * every_m else 'below'} the honest model's {every_m:.2f}; "
     f"at the last position, where there is nothing to copy, it is {last_u:.2f} against {last_m:.2f}. "
-    + ("The unmasked model did not learn language; it learned to read the next input."
+    + (("The unmasked model did learn something about the text (at the last position it beats uniform "
+        f"guessing, {math.log(len(vocab)):.2f}), but less than the masked model; most of its low loss over all "
+        "positions came from reading the next input."
+        if last_u < math.log(len(vocab)) else
+        "At the last position the unmasked model is no better than uniform guessing: it learned to read the "
+        "next input, not the text.")
        if last_u > last_m else
-       "At this size the unmasked model is not worse at the last position; the copying still shows in the gap between its two columns.")
+       "At this size the unmasked model is not worse at the last position; the copying still shows in the gap "
+       "between its two columns.")
 )
 ch.markdown("leakage-verdict", verdict)
 
@@ -450,6 +571,10 @@ def draw_reach(theme):
     for ax in axes:
         ax.set_xticks(range(n_graph))
         ax.set_xticklabels(graph_chars, fontsize=8)
+    cmap = attention_cmap(theme)  # a legend, so the two shades need no words like "light" or "dark"
+    axes[1].legend(handles=[Patch(color=cmap(1.0), label="in one layer"),
+                            Patch(color=cmap(0.5), label="only through two")],
+                   loc="upper right", fontsize=8, frameon=False, labelcolor=colors(theme)["fg"])
     fig.tight_layout()
     return fig
 
@@ -469,6 +594,44 @@ ch.table("reach-counts", ["edges per layer", "pairs (i, j) with i ≥ j reachabl
 farthest1 = int((torch.arange(n_graph)[:, None] - torch.arange(n_graph)[None, :])[reach1].max())
 farthest2 = int((torch.arange(n_graph)[:, None] - torch.arange(n_graph)[None, :])[reach2].max())
 ch.markdown("reach-numbers", (
-    f"On the {n_graph} characters of *{GRAPH_TEXT}*, the farthest input an output reaches through "
-    f"edges of weight ≥ {THRESHOLD} is {farthest1} characters back after one layer and {farthest2} after two."
+    f"On the {n_graph} characters of *{GRAPH_TEXT}*, the farthest input an output can depend on through "
+    f"edges of weight ≥ {THRESHOLD} lies {farthest1} characters back after one layer and {farthest2} after two."
 ))
+
+# %% [markdown]
+# ## Exercises 3, 4 and 6
+# The solutions on the page are these cells and the results they write.
+
+# %%
+# --8<-- [start:exercise-3]
+empty_rows = {}
+for side in ("left", "right"):
+    side_keep = padding_mask(torch.tensor([6, 3, 1]), 6, side=side)   # lengths 6, 3, 1 padded to 6
+    side_mask = side_keep[:, None, :] & causal_mask(6)                # (batch, q_len, k_len), Eq. (6)
+    empty_rows[side] = int((~side_mask.any(dim=-1)).sum())            # query rows with no key
+ch.table("exercise-3", ["padding side", "fully masked query rows"],
+         [[side, count] for side, count in empty_rows.items()], align="lr")
+# --8<-- [end:exercise-3]
+
+# %%
+# --8<-- [start:exercise-4]
+win20 = window_mask(20, 4)                     # causal window of w = 4 keys over n = 20 tokens
+depends = {layers: bool(reachability(*[win20] * layers)[19, 0]) for layers in range(1, 9)}
+ch.table("exercise-4", ["layers $L$", "output 19 can depend on input 0"],
+         [[layers, "yes" if ok else "no"] for layers, ok in depends.items()], align="rl")
+# --8<-- [end:exercise-4]
+
+# %%
+# --8<-- [start:exercise-6]
+min16 = torch.tensor(torch.finfo(torch.float16).min, dtype=torch.float16)
+sums16 = {s: (min16 + torch.tensor(s, dtype=torch.float16)).item() for s in (-15.0, -16.0, -17.0)}
+min32 = torch.tensor(torch.finfo(torch.float32).min)
+spacing32 = (torch.nextafter(min32, torch.tensor(0.0)) - min32).item()   # gap to the next float32 up
+ch.markdown("exercise-6", "\n".join([
+    "| $s$ | `finfo(float16).min` + $s$, in float16 |",
+    "| --: | --: |",
+    *[f"| {s:.0f} | {total:.0f} |" for s, total in sums16.items()],
+    "",
+    f"Spacing of float32 next to `finfo(float32).min`: {spacing32:.3g}.",
+]))
+# --8<-- [end:exercise-6]

@@ -81,9 +81,10 @@ def additive_mask(keep: Tensor, dtype: torch.dtype = torch.float32, *, fill: str
     The result is 0 where ``keep`` is True and ``fill`` elsewhere, to be *added* to the
     scores before the softmax. ``fill="-inf"`` gives exactly zero weight to hidden keys, but
     a row with no allowed key becomes NaN in a plain softmax; ``fill="min"`` uses
-    ``torch.finfo(dtype).min``, which never makes NaN but turns such a row into a uniform
-    average, and overflows to ``-inf`` when two such masks are added. The book passes
-    boolean masks instead; this converter exists to show (and test) those two behaviours.
+    ``torch.finfo(dtype).min``, which on its own never makes NaN but turns such a row into
+    a uniform average. Where two such masks are added, an entry hidden by both overflows to
+    ``-inf`` and an entry hidden by one stays at the minimum. The book passes boolean masks
+    instead; this converter exists to show (and test) those behaviours.
     """
     check_tensor("keep", keep)
     if keep.dtype != torch.bool:
