@@ -5,7 +5,8 @@
 * Relative: Shaw et al. (2018, arXiv:1803.02155), clipped distances with embeddings added
   to keys and values; T5's bucketed scalar bias (Raffel et al., 2019, arXiv:1910.10683).
 * Rotary: RoPE (Su et al., 2021, arXiv:2104.09864) in the half-split and the interleaved
-  channel layouts.
+  channel layouts, with an integer offset or per-sequence position ids, position
+  interpolation (Chen et al., 2023, arXiv:2306.15595), and RoFormer's long-term decay bound.
 * ALiBi: linear biases m_h·(j - i) (Press et al., 2021, arXiv:2108.12409).
 
 Layout: ``(batch, heads, seq, head_dim)``; boolean masks, **True = may attend**. Biases
@@ -353,9 +354,10 @@ def _check_rope_input(x: Tensor, angles: Tensor) -> None:
     if x.dim() < 2:
         raise ValueError(f"x must be (..., seq, head_dim), got shape {tuple(x.shape)}")
     _check_even("head_dim", x.shape[-1])
-    if angles.shape != (x.shape[-2], x.shape[-1] // 2):
-        raise ValueError(f"angles must have shape (seq, head_dim/2) = "
-                         f"{(x.shape[-2], x.shape[-1] // 2)}, got {tuple(angles.shape)}")
+    expected = (x.shape[-2], x.shape[-1] // 2)
+    if angles.dim() < 2 or tuple(angles.shape[-2:]) != expected:
+        raise ValueError(f"angles must have shape (seq, head_dim/2) = {expected}, or (..., *that) "
+                         f"with leading axes broadcastable to x's, got {tuple(angles.shape)}")
 
 
 # --8<-- [start:rope_half_split]
@@ -368,11 +370,12 @@ def rotate_half(x: Tensor) -> Tensor:
 def apply_rope_half_split(x: Tensor, angles: Tensor) -> Tensor:
     """Rotate channel pairs (i, i + d/2) by angles[m, i]: the layout of HF Llama/GPT-NeoX.
 
-    x: (..., seq, head_dim); angles: (seq, head_dim/2) from ``position_angles``.
+    x: (..., seq, head_dim); angles: (seq, head_dim/2) from ``position_angles``, or
+    (..., seq, head_dim/2) from ``rope_angles`` (one row of positions per sequence).
     """
     _check_rope_input(x, angles)
-    cos = angles.cos().repeat(1, 2).to(x.dtype)  # (seq, head_dim): [cos θ, cos θ]
-    sin = angles.sin().repeat(1, 2).to(x.dtype)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    cos, sin = torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)  # [cos θ, cos θ]
     return x * cos + rotate_half(x) * sin
 # --8<-- [end:rope_half_split]
 
@@ -405,23 +408,90 @@ def rope_layout_permutation(head_dim: int) -> Tensor:
 # --8<-- [end:rope_interleaved]
 
 
+# --8<-- [start:position_ids]
+def rope_angles(position_ids: Tensor, dim: int, *, base: float = 10000.0,
+                scale: float = 1.0) -> Tensor:
+    """(scale·p)·ω_i for every position p in ``position_ids`` (..., seq): (..., seq, dim/2), float64.
+
+    ``position_angles`` is the special case ``position_ids = arange(offset, offset + seq)``.
+    ``scale`` < 1 squeezes positions: position interpolation (Chen et al., 2023)
+    uses scale = L / L' to fit L' positions into the L the model was trained on.
+    """
+    check_tensor("position_ids", position_ids)
+    if position_ids.is_floating_point() or position_ids.is_complex():
+        raise TypeError(f"position_ids must be an integer tensor, got dtype {position_ids.dtype}")
+    if position_ids.numel() and position_ids.min() < 0:
+        raise ValueError(f"position_ids must be >= 0, got minimum {position_ids.min().item()}")
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    frequencies = inverse_frequencies(dim, base, position_ids.device)        # (dim/2,)
+    return (position_ids.to(torch.float64) * scale)[..., None] * frequencies
+
+
+def position_ids_from_padding(keep: Tensor) -> Tensor:
+    """Positions that count only real tokens: (batch, seq) boolean, True = real -> (batch, seq) long.
+
+    A left-padded row [pad, pad, a, b, c] gets [0, 0, 0, 1, 2]: its real tokens sit at the
+    positions they would have alone (what Hugging Face passes as ``position_ids``). Padding
+    slots get 0; the attention mask hides them anyway.
+    """
+    check_rank("keep", keep, 2, "(batch, seq)")
+    if keep.dtype != torch.bool:
+        raise TypeError(f"keep must be a boolean mask (True = real token), got dtype {keep.dtype}")
+    return (keep.long().cumsum(dim=-1) - 1).clamp(min=0)
+# --8<-- [end:position_ids]
+
+
+# --8<-- [start:rope_decay]
+def rope_decay_bound(head_dim: int, distances: Tensor, *, base: float = 10000.0) -> Tensor:
+    """RoFormer's long-term decay curve: (1/(d/2))·Σ_{j=1}^{d/2} |S_j| at each relative distance.
+
+    S_j = Σ_{i<j} e^{i·r·θ_i} is the partial sum of the rotations at distance r (Su et al.,
+    long-term decay, Fig. 2). By Abel summation |Σ_i h_i e^{i r θ_i}| <= max_i |h_{i+1} - h_i| · Σ_j |S_j|
+    for any complex h with h_{d/2} = 0, so the curve bounds how large a RoPE score can be at
+    distance r, relative to how fast the channel products h vary. distances: any shape, float64 out.
+    """
+    frequencies = inverse_frequencies(_check_even("head_dim", head_dim), base)  # (d/2,)
+    check_tensor("distances", distances)
+    phase = distances.to(torch.float64)[..., None] * frequencies               # (..., d/2)
+    partial_sums = torch.polar(torch.ones_like(phase), phase).cumsum(dim=-1)   # S_1 .. S_{d/2}
+    return partial_sums.abs().mean(dim=-1)
+# --8<-- [end:rope_decay]
+
+
 ROPE_LAYOUTS = {"half_split": apply_rope_half_split, "interleaved": apply_rope_interleaved}
 
 
 # --8<-- [start:rope]
 def apply_rope(x: Tensor, *, layout: str = "half_split", base: float = 10000.0,
-               offset: int = 0) -> Tensor:
-    """RoPE on queries or keys x: (batch, heads, seq, head_dim), positions offset .. offset+seq-1.
+               offset: int = 0, position_ids: Tensor | None = None,
+               position_scale: float = 1.0) -> Tensor:
+    """RoPE on queries or keys x: (batch, heads, seq, head_dim).
 
-    Apply it to q and k (never to v) before the scores: then q_mᵀk_n depends on m and n
-    only through n - m (Su et al., Eq. 16).
+    Positions are offset .. offset+seq-1 for every sequence, or ``position_ids`` (seq,) or
+    (batch, seq) when sequences differ (left padding: see ``position_ids_from_padding``).
+    ``position_scale`` < 1 is position interpolation (Chen et al., 2023): position m is
+    rotated as if it were m·scale. Apply RoPE to q and k (never to v) before the scores:
+    then q_mᵀk_n depends on m and n only through n - m (Su et al., Eq. 16).
     """
     check_rank("x", x, 4, "(batch, heads, seq, head_dim)")
     if layout not in ROPE_LAYOUTS:
         raise ValueError(f"layout must be one of {tuple(ROPE_LAYOUTS)}, got {layout!r}")
-    _check_even("head_dim", x.shape[3])
-    angles = position_angles(x.shape[2], x.shape[3], base=base, offset=offset, device=x.device)
+    batch, _, seq, head_dim = x.shape
+    _check_even("head_dim", head_dim)
+    if position_ids is None:
+        position_ids = torch.arange(_check_offset(offset), offset + seq, device=x.device)
+    elif offset != 0:
+        raise ValueError(f"give either offset or position_ids, not both (offset={offset})")
+    check_tensor("position_ids", position_ids)
+    if position_ids.shape not in ((seq,), (batch, seq)):
+        raise ValueError(f"position_ids must have shape (seq,) = ({seq},) or (batch, seq) = "
+                         f"({batch}, {seq}), got {tuple(position_ids.shape)}")
+    angles = rope_angles(position_ids, head_dim, base=base, scale=position_scale)
+    if angles.dim() == 3:
+        angles = angles[:, None]  # (batch, 1, seq, head_dim/2): the same for every head
     return ROPE_LAYOUTS[layout](x, angles)
+# --8<-- [end:rope]
 # --8<-- [end:rope]
 
 
