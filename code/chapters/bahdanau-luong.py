@@ -16,6 +16,8 @@ from attnbook.chapter import Chapter
 ch = Chapter("bahdanau-luong")
 
 # %%
+import math
+import multiprocessing
 import time
 
 import matplotlib.pyplot as plt
@@ -56,6 +58,7 @@ BATCH = 64
 PER_BIN = ch.pick(80, 4)
 HIDDEN, EMBED = ch.pick((64, 32), (16, 8))
 HALF_WINDOW = 10                         # local-p's D, the value Luong et al. use
+NARROW_WINDOW = 4                        # exercise 6: local-p with a narrower window
 
 train_pairs = task.sample(ch.pick(16_000, 200), 1, max_len=TRAIN_MAX_LEN)
 test_pairs = {bin_: task.sample(PER_BIN, 100 + k, min_len=bin_[0], max_len=bin_[1])
@@ -107,27 +110,79 @@ def loss_fn(output, targets):
 KINDS = ["none", "bahdanau", "dot", "general", "concat", "local-p"]
 LABELS = {"none": "no attention", "bahdanau": "Bahdanau (additive)", "dot": "Luong dot",
           "general": "Luong general", "concat": "Luong concat", "local-p": "Luong local-p"}
-models, histories = {}, {}
-for kind in KINDS:
+
+
+def make_model(kind, half_window=HALF_WINDOW):
+    return Seq2Seq(len(task.source_vocab), len(task.target_vocab), attention=kind,
+                   embed_dim=EMBED, hidden_dim=HIDDEN, half_window=half_window,
+                   pad_id=task.source_vocab.pad_id)
+
+
+def report(kind, half_window, history, cpu_seconds):
+    label = f"{kind} (D={half_window})" if kind == "local-p" else kind
+    print(f"{label:>14}: {len(history.loss)} steps in {history.seconds:.1f} s "
+          f"({cpu_seconds:.1f} s of CPU), final loss {np.mean(history.loss[-20:]):.3f}")
+
+
+def train_model(kind, half_window=HALF_WINDOW, verbose=True):
+    """One model of the chapter, from seed 0, on the same stream of batches as the others."""
     ch.seed(0)
-    model = Seq2Seq(len(task.source_vocab), len(task.target_vocab), attention=kind,
-                    embed_dim=EMBED, hidden_dim=HIDDEN, half_window=HALF_WINDOW,
-                    pad_id=task.source_vocab.pad_id)
+    model = make_model(kind, half_window)
     steps = NONE_STEPS if kind == "none" else STEPS
+    # AdamW with weight_decay=0 is plain Adam.
     config = TrainConfig(steps=steps, lr=1e-2, warmup_steps=steps // 20, weight_decay=0.0,
                          clip_norm=1.0, seed=0)
     cpu_start = time.process_time()
-    histories[kind] = train(model, make_batch, config, device=ch.device, loss_fn=loss_fn)
-    models[kind] = model.eval()
-    print(f"{kind:>9}: {steps} steps in {histories[kind].seconds:.1f} s "
-          f"({time.process_time() - cpu_start:.1f} s of CPU), "
-          f"final loss {np.mean(histories[kind].loss[-20:]):.3f}")
+    history = train(model, make_batch, config, device=ch.device, loss_fn=loss_fn)
+    if verbose:
+        report(kind, half_window, history, time.process_time() - cpu_start)
+    return model.eval(), history
+
+
+def _train_in_child(connection, kind, half_window):
+    cpu_start = time.process_time()
+    model, history = train_model(kind, half_window, verbose=False)
+    state = {name: value.cpu().numpy() for name, value in model.state_dict().items()}  # plain arrays
+    connection.send((state, history, time.process_time() - cpu_start))
+    connection.close()
+
+
+def start_training(kind, half_window):
+    """Train one more model (exercise 6) while the main loop runs; returns a function that
+    waits for (model, history). On CPU it runs in a forked process, on the core that this
+    one-thread process leaves free, so it adds little to the wall-clock time; the result is
+    the same as training it here (same seed, same batches)."""
+    if ch.device.type != "cpu" or "fork" not in multiprocessing.get_all_start_methods():
+        result = train_model(kind, half_window)
+        return lambda: result
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_train_in_child, args=(send, kind, half_window))
+    process.start()
+    send.close()
+
+    def wait():
+        state, history, cpu_seconds = receive.recv()
+        process.join()
+        model = make_model(kind, half_window)
+        model.load_state_dict({name: torch.from_numpy(value) for name, value in state.items()})
+        report(kind, half_window, history, cpu_seconds)
+        return model.to(ch.device).eval(), history
+    return wait
+
+
+# Exercise 6: local-p with a narrower window, trained alongside the chapter's six models.
+wait_for_narrow = start_training("local-p", NARROW_WINDOW)
+models, histories = {}, {}
+for kind in KINDS:
+    models[kind], histories[kind] = train_model(kind)
 
 # %% [markdown]
 # ## 3. Translation quality by source length (Bahdanau et al. 2015, Fig. 2)
 #
-# Greedy decoding; BLEU from `sacrebleu` on the words of each bin, exact match = the
-# whole sentence right.
+# Greedy decoding; BLEU is sacreBLEU's corpus BLEU (default 13a tokenisation) over the
+# sentences of each bin, and over all test sentences at once; exact match = the whole
+# sentence right.
 
 # %%
 def translate(model, pairs):
@@ -138,15 +193,24 @@ def translate(model, pairs):
     return [" ".join(task.target_vocab.decode(row)) for row in tokens.cpu()]
 
 
-quality = {}                                # kind -> bin -> (bleu, exact match)
-for kind, model in models.items():
-    quality[kind] = {}
+def evaluate(model):
+    """(bin -> (corpus BLEU, exact match), corpus BLEU over all test sentences)."""
+    by_bin, all_hypotheses, all_references = {}, [], []
     for bin_, pairs in test_pairs.items():
         hypotheses = translate(model, pairs)
         references = [" ".join(p.target) for p in pairs]
         bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score
         exact = np.mean([h == r for h, r in zip(hypotheses, references)])
-        quality[kind][bin_] = (bleu, exact)
+        by_bin[bin_] = (bleu, exact)
+        all_hypotheses += hypotheses
+        all_references += references
+    return by_bin, sacrebleu.corpus_bleu(all_hypotheses, [all_references]).score
+
+
+quality, bleu_all = {}, {}          # kind -> bin -> (bleu, exact match); kind -> corpus BLEU
+for kind, model in models.items():
+    quality[kind], bleu_all[kind] = evaluate(model)
+NUM_TEST = sum(len(pairs) for pairs in test_pairs.values())
 
 
 def bin_name(bin_):
@@ -169,12 +233,39 @@ ch.markdown("long-sentences", (
     f"best attention model ({LABELS[best_long]}) scores {quality[best_long][LONG][0]:.1f} BLEU "
     f"and the weakest ({LABELS[worst_long]}) {quality[worst_long][LONG][0]:.1f}, against "
     f"{none_long:.1f} for the model without attention"
-    + (f": every attention model is ahead by at least {margin:.0f} BLEU points." if margin > 0 else
-       ": on this run not every attention model is ahead there.")
+    # A lower bound is rounded down, so that "at least" stays true.
+    + (f": every attention model is ahead by at least {math.floor(margin)} BLEU points."
+       if margin >= 1 else ": on this run not every attention model is clearly ahead there.")
     + f" On the shortest sources ({bin_name(SHORT)} words) the model without attention "
     f"reaches {none_short:.1f} BLEU"
-    + (": the fixed vector holds a short sentence, not a long one." if none_short > 2 * none_long
-       else ".")))
+    + (", far behind every attention model there"
+       if none_short < min(quality[k][SHORT][0] for k in KINDS[1:]) - 10 else "")
+    + (": the fixed vector copes better with short sentences than with long ones, but attention "
+       "does much better at every length." if none_short > 2 * none_long else ".")))
+
+# How our curves compare with Bahdanau et al.'s Fig. 2, decided from the numbers.
+ahead_everywhere = all(quality[k][b][0] > quality["none"][b][0] for k in KINDS[1:] for b in TEST_BINS)
+attention_falls = [k for k in KINDS[1:] if quality[k][LONG][0] < quality[k][SHORT][0] - 10]
+ratio_short = min(quality[k][SHORT][0] for k in KINDS[1:]) / max(none_short, 1e-9)
+ratio_long = min(quality[k][LONG][0] for k in KINDS[1:]) / max(none_long, 1e-9)
+ch.markdown("paper-shape", (
+    ("In our figure every attention model is above the model without attention in every "
+     "length bin" if ahead_everywhere else
+     "In our figure the attention models are not above the model without attention in every bin")
+    + (f", and relative to it the gap grows with length (the weakest attention model scores "
+       f"{ratio_short:.0f} times its BLEU on the shortest sources and {ratio_long:.0f} times on "
+       f"the longest)" if ahead_everywhere and ratio_long > ratio_short else "")
+    + ". "
+    + (("Unlike RNNsearch-50, though, "
+        + ("every one of our attention models loses" if len(attention_falls) == len(KINDS) - 1
+           else f"{len(attention_falls)} of our {len(KINDS) - 1} attention models lose")
+        + " more than 10 BLEU points from the shortest to the longest bin: our models were trained on sources of at most "
+        f"{TRAIN_MAX_LEN} words and tested on up to {TEST_BINS[-1][1]}, so the closer analogue "
+        "is RNNsearch-30, trained on sentences of at most 30 words, which Bahdanau et al. call "
+        "only more robust to length than the models without attention, keeping \"no "
+        "deterioration\" for RNNsearch-50.")
+       if attention_falls else
+       "Like RNNsearch-50, our attention models lose little BLEU on the longest sources.")))
 
 
 def draw_quality(theme):
@@ -242,7 +333,7 @@ aer_diagonal = corpus_alignment_error_rate(diagonal, [p.alignment for p in all_t
 ch.table("aer", ["model", "AER (all)"] + [f"AER {bin_name(b)}" for b in TEST_BINS]
          + ["BLEU (all)", "parameters", "training steps"],
          [[LABELS[k], f"{aer[k]:.2f}"] + [f"{aer_by_bin[k, b]:.2f}" for b in TEST_BINS]
-          + [f"{np.mean([quality[k][b][0] for b in TEST_BINS]):.1f}",
+          + [f"{bleu_all[k]:.1f}",
              f"{sum(p.numel() for p in models[k].parameters()):,}", STEPS] for k in KINDS[1:]]
          + [["diagonal guess (no model)", f"{aer_diagonal:.2f}"] + ["–"] * len(TEST_BINS)
             + ["–", "–", "–"]])
@@ -350,24 +441,112 @@ ch.table("paper-bahdanau", ["model", "task", "BLEU, all test sentences", "BLEU, 
     ["RNNsearch-30 (additive attention)", "WMT'14 En→Fr (Bahdanau et al., Table 1)", "21.50", "31.44"],
     ["RNNencdec-50 (no attention)", "WMT'14 En→Fr (Bahdanau et al., Table 1)", "17.82", "26.71"],
     ["RNNsearch-50 (additive attention)", "WMT'14 En→Fr (Bahdanau et al., Table 1)", "26.75", "34.16"],
-    ["no attention (ours)", "toy task, mean BLEU over the 4 length bins",
-     f"{np.mean([quality['none'][b][0] for b in TEST_BINS]):.1f}", "–"],
-    ["Bahdanau (ours)", "toy task, mean BLEU over the 4 length bins",
-     f"{np.mean([quality['bahdanau'][b][0] for b in TEST_BINS]):.1f}", "–"],
+    ["no attention (ours)", f"toy task, all {NUM_TEST} test sentences",
+     f"{bleu_all['none']:.1f}", "–"],
+    ["Bahdanau (ours)", f"toy task, all {NUM_TEST} test sentences",
+     f"{bleu_all['bahdanau']:.1f}", "–"],
 ], align="llrr")
 ch.table("paper-luong", ["attention", "Luong et al., Table 4: BLEU (before unk replacement)",
-                         "ours: mean BLEU", "ours: AER"], [
-    ["global, dot", "18.6", f"{np.mean([quality['dot'][b][0] for b in TEST_BINS]):.1f}", f"{aer['dot']:.2f}"],
-    ["global, general", "17.3", f"{np.mean([quality['general'][b][0] for b in TEST_BINS]):.1f}",
-     f"{aer['general']:.2f}"],
+                         f"ours: BLEU, all {NUM_TEST} test sentences", "ours: AER"], [
+    ["global, dot", "18.6", f"{bleu_all['dot']:.1f}", f"{aer['dot']:.2f}"],
+    ["global, general", "17.3", f"{bleu_all['general']:.1f}", f"{aer['general']:.2f}"],
     ["global, concat", "– (not reported: footnote 15 gives only perplexities)",
-     f"{np.mean([quality['concat'][b][0] for b in TEST_BINS]):.1f}", f"{aer['concat']:.2f}"],
-    ["local-p, general", "19", f"{np.mean([quality['local-p'][b][0] for b in TEST_BINS]):.1f}",
-     f"{aer['local-p']:.2f}"],
+     f"{bleu_all['concat']:.1f}", f"{aer['concat']:.2f}"],
+    ["local-p, general", "19", f"{bleu_all['local-p']:.1f}", f"{aer['local-p']:.2f}"],
 ], align="llrr")
+# %% [markdown]
+# ## 9. Exercises
+#
+# The code of exercises 1, 3 and 5 (the page includes it from here), and exercise 6:
+# local-p with a narrower window, trained with the same recipe as the chapter's models.
+
+# %%
+# --8<-- [start:exercise-1]
+from attnbook.attention.luong import dot_scores, general_scores
+
+gen = torch.Generator().manual_seed(1)
+q = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)
+k = torch.randn(2, 4, 5, generator=gen, dtype=torch.float64)
+identity_gap = (general_scores(q, k, torch.eye(5, dtype=torch.float64)) - dot_scores(q, k)).abs().max()
+ch.markdown("exercise-1", f"Largest difference between general with $W_a = I$ and dot: "
+            f"`{identity_gap.item()}`.")
+# --8<-- [end:exercise-1]
+
+# %%
+# --8<-- [start:exercise-3]
+from attnbook.data.translation import alignment_error_rate
+
+# Links are (source position, target position); target word 2 is linked to the wrong word.
+one_wrong = alignment_error_rate([(0, 0), (1, 1), (0, 2)], [(0, 0), (1, 1), (1, 2)])
+ch.markdown("exercise-3", f"AER with one wrong link out of three: `{one_wrong:.4f}`.")
+# --8<-- [end:exercise-3]
+
+# %%
+# --8<-- [start:exercise-5]
+from attnbook.attention.additive import additive_scores
+from attnbook.attention.luong import concat_scores
+
+gen = torch.Generator().manual_seed(5)
+q = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)    # d_q = 5
+k = torch.randn(2, 4, 6, generator=gen, dtype=torch.float64)    # d_k = 6
+W = torch.randn(7, 11, generator=gen, dtype=torch.float64)      # (d_a, d_q + d_k)
+v = torch.randn(7, generator=gen, dtype=torch.float64)
+concat_gap = (concat_scores(q, k, W, v) - additive_scores(q, k, W[:, :5], W[:, 5:], v)).abs().max()
+ch.markdown("exercise-5", "Largest difference between concat and additive with the column blocks: "
+            f"`{concat_gap.item()}`.")
+# --8<-- [end:exercise-5]
+
+# %%
+# Exercise 6: the same local-p model and recipe with D = NARROW_WINDOW instead of HALF_WINDOW
+# (started in section 2).
+narrow_model, narrow_history = wait_for_narrow()
+narrow_quality, narrow_bleu_all = evaluate(narrow_model)
+
+
+def window_shares(D):
+    """Shares of training sources (positions 0 .. L-1) that the window [p_t - D, p_t + D]
+    holds whole: for every centre p_t in (0, L) when L <= D, and for a centre at the
+    middle, p_t = (L - 1) / 2, when L <= 2D + 1."""
+    return np.mean(train_lengths <= D), np.mean(train_lengths <= 2 * D + 1)
+
+
+wide_any, wide_middle = window_shares(HALF_WINDOW)
+narrow_any, narrow_middle = window_shares(NARROW_WINDOW)
+final_loss = {HALF_WINDOW: np.mean(histories["local-p"].loss[-20:]),
+              NARROW_WINDOW: np.mean(narrow_history.loss[-20:])}
+narrow_rows = [
+    (f"local-p, D = {NARROW_WINDOW}", final_loss[NARROW_WINDOW], narrow_quality, narrow_bleu_all),
+    (f"local-p, D = {HALF_WINDOW} (above)", final_loss[HALF_WINDOW], quality["local-p"],
+     bleu_all["local-p"]),
+    ("no attention (above)", np.mean(histories["none"].loss[-20:]), quality["none"], bleu_all["none"]),
+]
+ch.table("exercise-6", ["model", "final loss"] + [f"BLEU {bin_name(b)}" for b in TEST_BINS]
+         + [f"BLEU, all {NUM_TEST}"],
+         [[name, f"{loss:.3f}"] + [f"{by_bin[b][0]:.1f}" for b in TEST_BINS] + [f"{bleu:.1f}"]
+          for name, loss, by_bin, bleu in narrow_rows])
+narrow_vs_none = min(narrow_quality[b][0] - quality["none"][b][0] for b in TEST_BINS)
+narrow_cost = bleu_all["local-p"] - narrow_bleu_all
+ch.markdown("exercise-6-summary", (
+    f"After the same {STEPS} steps, local-p with $D = {NARROW_WINDOW}$ ends at a training loss of "
+    f"{final_loss[NARROW_WINDOW]:.3f}, against {final_loss[HALF_WINDOW]:.3f} with $D = {HALF_WINDOW}$, "
+    f"and scores {narrow_bleu_all:.1f} BLEU on all test sentences, against {bleu_all['local-p']:.1f}"
+    + (f": the narrow window costs {narrow_cost:.1f} points." if narrow_cost > 0 else
+       ": the narrow window costs nothing here.")
+    + (f" It is still far ahead of the model without attention, by at least "
+       f"{math.floor(narrow_vs_none)} BLEU points in every length bin." if narrow_vs_none >= 1 else
+       " It is not ahead of the model without attention in every length bin.")
+    + f" Of the training sources, {wide_any:.0%} have at most {HALF_WINDOW} words and fit whole in a "
+    f"$D = {HALF_WINDOW}$ window wherever its centre is, and {wide_middle:.0%} have at most "
+    f"{2 * HALF_WINDOW + 1} and fit whole when the centre is near their middle; for $D = {NARROW_WINDOW}$ "
+    f"the two shares are {narrow_any:.0%} and {narrow_middle:.0%}."))
+
 ch.json("summary", {
     "quality": {k: {bin_name(b): list(quality[k][b]) for b in TEST_BINS} for k in KINDS},
-    "aer": aer, "aer_diagonal": aer_diagonal,
+    "bleu_all": bleu_all, "aer": aer, "aer_diagonal": aer_diagonal,
     "seconds": {k: histories[k].seconds for k in KINDS},
+    "exercise_6": {"half_window": NARROW_WINDOW, "final_loss": final_loss[NARROW_WINDOW],
+                   "bleu_all": narrow_bleu_all, "seconds": narrow_history.seconds,
+                   "quality": {bin_name(b): list(narrow_quality[b]) for b in TEST_BINS}},
 })
 print("wrote", ", ".join(sorted(ch.written)))
+

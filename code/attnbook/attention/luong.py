@@ -1,7 +1,7 @@
 """Luong (multiplicative) attention: "Effective Approaches to Attention-based Neural
 Machine Translation" (Luong, Pham & Manning, 2015, arXiv:1508.04025).
 
-For the current target state h_t and source states h̄_1 .. h̄_S (Section 3.1, Eq. 8):
+For the current target state h_t and source states h̄_1 .. h̄_S (Section 3.1, the three scores defined just after Eq. 7):
 
     score(h_t, h̄_s) = h_tᵀ h̄_s                      dot
                     = h_tᵀ W_a h̄_s                   general

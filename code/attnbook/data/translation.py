@@ -326,7 +326,9 @@ def links_from_attention(weights, *, src_len: int | None = None,
 
     weights: (tgt_steps, src_steps), row i = the attention of target step i. Only the top-left
     ``tgt_len`` x ``src_len`` block is used (drop the <eos> step and source padding).
-    Returns [(src_index, tgt_index), ...], one link per target token.
+    Returns [(src_index, tgt_index), ...], one link per target token: row i is attributed to
+    target word i, the word that step predicts. (Luong et al., 2015, footnote 14, attribute
+    the weights of content-based scores to the step's input word i - 1 instead.)
     """
     weights = torch.as_tensor(weights)
     if weights.dim() != 2:

@@ -120,7 +120,7 @@ class Seq2Seq(nn.Module):
         positions = torch.arange(src.shape[1], device=src.device)
         mask = positions[None, :] < src_lengths.to(src.device)[:, None]     # True = real token
         if self.from_backward:
-            summary = final[1]                    # Bahdanau: s_0 = tanh(W_s ←h_1), the backward state
+            summary = final[1]                    # Bahdanau: s_0 = tanh(W_s ←h_1), backward state (W_s = self.init)
         else:
             summary = torch.cat(list(final), dim=-1)  # (batch, key_dim)
         memory = {"states": states, "mask": mask,
