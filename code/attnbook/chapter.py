@@ -118,6 +118,15 @@ class Chapter:
         torch.manual_seed(value)
         return torch.Generator().manual_seed(value)
 
+    def one_thread_on_cpu(self) -> None:
+        """Run torch on one CPU thread, for chapters whose models are small.
+
+        Splitting tiny matrix products across threads costs more than it saves, and threads
+        that wait on each other stall when other programs share the cores. No effect on a GPU.
+        """
+        if self.device.type == "cpu":
+            torch.set_num_threads(1)
+
     def pick(self, full, quick):
         """``quick`` in quick mode (tests), ``full`` otherwise."""
         return quick if self.quick else full

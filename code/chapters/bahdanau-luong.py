@@ -37,8 +37,7 @@ from attnbook.viz import colors, heatmap
 
 # Small recurrent steps are dominated by per-operation overhead: one thread is as fast as
 # two here, and leaves the other core to the rest of the build.
-if ch.device.type == "cpu":
-    torch.set_num_threads(1)
+ch.one_thread_on_cpu()
 
 # %% [markdown]
 # ## 1. The task: a made-up language pair with a known alignment

@@ -36,10 +36,7 @@ from attnbook.models.pretrained import (
 from attnbook.viz import attention_cmap, colors, heatmap
 
 torch.set_grad_enabled(False)
-if ch.device.type == "cpu":
-    # The matrices here are tiny (at most a few dozen tokens x 384 features): one thread is
-    # as fast as two, and does not stall when other programs share the cores.
-    torch.set_num_threads(1)
+ch.one_thread_on_cpu()
 ch.seed(0)  # nothing here is random; seeded anyway so that nothing can drift
 
 # The weights come from a third-party repackaging: check that they are the original ones.

@@ -55,10 +55,7 @@ from attnbook.train import TrainConfig, cross_entropy, train
 from attnbook.viz import attention_cmap, colors, heatmap
 
 device = ch.device
-if device.type == "cpu":
-    # The models here multiply 64-wide matrices: a second thread saves little when the machine
-    # is idle and costs a lot when other programs share its cores (threads wait on each other).
-    torch.set_num_threads(1)
+ch.one_thread_on_cpu()
 
 # %% [markdown]
 # ## 1. Two language models, with and without the causal mask

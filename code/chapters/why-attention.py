@@ -51,10 +51,7 @@ from attnbook.train import TrainConfig, cross_entropy, train
 from attnbook.viz import colors, heatmap
 
 device = ch.device
-if device.type == "cpu":
-    # These models are small: one thread avoids the cost of splitting tiny matrix products,
-    # and keeps the script from fighting other programs for cores on a shared machine.
-    torch.set_num_threads(1)
+ch.one_thread_on_cpu()
 
 # %% [markdown]
 # ## 1. The fixed-vector bottleneck
