@@ -57,15 +57,13 @@ from attnbook.train import TrainConfig, cross_entropy, train
 from attnbook.viz import colors
 
 device = ch.device
-if device.type == "cpu":
-    # 64-wide matrices: a second thread saves little alone and costs a lot on a shared machine.
-    torch.set_num_threads(1)
+ch.one_thread_on_cpu()
 
 # %% [markdown]
 # ## 1. Sinusoidal: a shift is one fixed rotation
 #
-# For every shift k there is one matrix $M_k$ with $PE(p + k) = M_k\,PE(p)$ for *all*
-# positions p. We check it on 1,000 positions, and check that $PE(p)\cdot PE(p+k)$
+# For every shift k there is one matrix $M_k$ with $PE(p + k) = PE(p)\,M_k^\top$ for *all*
+# positions p (rows are vectors). We check it on 1,000 positions, and check that $PE(p)\cdot PE(p+k)$
 # depends on k only.
 
 # %%
@@ -79,7 +77,7 @@ for shift in (1, 7, 50):
     dot_spreads.append((dots.max() - dots.min()).item())
 ch.markdown("sinusoidal-check", (
     f"Measured in float64 with $d_{{\\text{{model}}}} = {D_PE}$ over positions 0 to {POSITIONS - 1}, "
-    f"for shifts $k = 1, 7, 50$: the largest entry of $M_k PE(p) - PE(p+k)$ is "
+    f"for shifts $k = 1, 7, 50$: the largest entry of $PE(p)\\,M_k^\\top - PE(p+k)$ is "
     f"{max(shift_errors):.1e}, and $PE(p)\\cdot PE(p+k)$ varies with $p$ by at most "
     f"{max(dot_spreads):.1e}: rounding, not position."
 ))
@@ -113,13 +111,29 @@ def draw_buckets(theme):
 
 
 ch.figure("t5-buckets", draw_buckets)
-exact_limit = int((distances.abs() < 8).sum().item())
+
+
+def last_bucket_start(num_buckets: int, max_distance: int, bidirectional: bool) -> tuple[int, int]:
+    """(the last bucket backwards, the smallest distance back that lands in it)."""
+    back = -torch.arange(0, 4 * max_distance)             # distances 0, 1, 2, ... backwards
+    buckets = t5_relative_position_bucket(back, bidirectional=bidirectional, num_buckets=num_buckets,
+                                          max_distance=max_distance)
+    last = int(buckets.max())
+    return last, int(torch.nonzero(buckets == last)[0])
+
+
+last_bi, start_bi = last_bucket_start(32, 128, bidirectional=True)
+last_causal, start_causal = last_bucket_start(32, 128, bidirectional=False)
 ch.markdown("t5-buckets-numbers", (
     f"Bidirectional: {len(torch.unique(buckets_bi))} distinct buckets over distances −160 to 160; "
-    f"distances 0 to 7 on each side have a bucket each; every distance of 128 or more backwards shares "
-    f"bucket {int(buckets_bi[0])}, forwards bucket {int(buckets_bi[-1])}. Causal: every key after the "
-    f"query falls in bucket {int(buckets_causal[-1])} (the mask hides them), distances 0 to 15 "
-    f"backwards get a bucket each, and 128 or more share bucket {int(buckets_causal[0])}."
+    f"distances 0 to 7 on each side have a bucket each; the last bucket backwards ({last_bi}) already "
+    f"holds every distance of {start_bi} or more, not only those of 128 or more (forwards, bucket "
+    f"{int(buckets_bi[-1])} likewise). Causal: every key after the query falls in bucket "
+    f"{int(buckets_causal[-1])} (the mask hides them), distances 0 to 15 backwards get a bucket each, "
+    f"and the last bucket ({last_causal}) holds every distance of {start_causal} or more. The last bucket "
+    f"starts before `max_distance` because the log formula's result is truncated to an integer and "
+    f"clamped to the last bucket: `max_distance` is where the formula would reach one past the last "
+    f"bucket."
 ))
 
 # %% [markdown]
@@ -135,9 +149,9 @@ def draw_decay(theme):
     pal = colors(theme)["palette"]
     fig, ax = plt.subplots(figsize=(6.8, 3.0))
     ax.plot(decay_distances, decay, color=pal[0], linewidth=1.2)
-    ax.set_xlabel("relative distance n − m")
+    ax.set_xlabel("relative distance m − n")
     ax.set_ylabel(r"mean of $|S_j|$ over $j$")
-    ax.set_title(f"RoPE long-term decay bound, $d$ = {HEAD_DIM_DECAY}, base 10000", fontsize=10)
+    ax.set_title(f"RoPE long-term decay bound, $d_k$ = {HEAD_DIM_DECAY}, base 10000", fontsize=10)
     ax.grid(True, linewidth=0.4)
     fig.tight_layout()
     return fig
@@ -145,7 +159,7 @@ def draw_decay(theme):
 
 ch.figure("rope-decay", draw_decay)
 ch.markdown("rope-decay-numbers", (
-    f"For $d = {HEAD_DIM_DECAY}$: the bound is {decay[0]:.1f} at distance 0 (exactly $(d/2 + 1)/2$), "
+    f"For $d_k = {HEAD_DIM_DECAY}$: the bound is {decay[0]:.1f} at distance 0 (exactly $(d_k/2 + 1)/2$), "
     f"averages {decay[1:33].mean():.1f} over distances 1–32, {decay[97:129].mean():.1f} over 97–128 "
     f"and {decay[481:513].mean():.1f} over 481–512. It falls quickly, then levels off and wobbles: "
     f"it is a bound that decays on average, not a monotone curve."
@@ -156,7 +170,7 @@ for heads in (8, 6, 12):
     slopes = alibi_slopes(heads, dtype=torch.float64)
     exponents = (-torch.log2(slopes)).tolist()
     slope_rows.append([str(heads), ", ".join(f"$2^{{-{e:g}}}$" for e in exponents)])
-ch.table("alibi-slopes", ["heads $h$", "slopes $m_1, \\dots, m_h$"], slope_rows, align="rl")
+ch.table("alibi-slopes", ["heads $H$", "slopes $m_1, \\dots, m_H$"], slope_rows, align="rl")
 
 # %% [markdown]
 # ## 4. Train short, test long
@@ -180,6 +194,8 @@ D_MODEL, HEADS, LAYERS = 64, 4, 2
 BATCH = ch.pick(64 if on_gpu else 32, 16)
 STEPS = ch.pick(1500 if on_gpu else 400, 40)
 config = TrainConfig(steps=STEPS, lr=3e-3, warmup_steps=ch.pick(40, 4), min_lr_ratio=0.1, seed=1)
+T5_BUCKETS = 16  # PositionLM's default t5_buckets
+t5_start = last_bucket_start(T5_BUCKETS, TRAIN_LEN, bidirectional=False)[1]
 LABELS = {"sinusoidal": "sinusoidal", "learned": "learned", "rope": "RoPE", "t5": "T5 bias",
           "alibi": "ALiBi", "none": "NoPE"}
 
@@ -187,7 +203,7 @@ models, seconds = {}, {}
 for method in METHODS:
     torch.manual_seed(0)
     models[method] = PositionLM(len(vocab), method, train_len=TRAIN_LEN, d_model=D_MODEL,
-                                num_heads=HEADS, num_layers=LAYERS)
+                                num_heads=HEADS, num_layers=LAYERS, t5_buckets=T5_BUCKETS)
     history = train(models[method], lambda g: text_windows(train_ids, BATCH, TRAIN_LEN, g), config,
                     device=device)
     seconds[method] = history.seconds
@@ -231,7 +247,7 @@ def draw_extrapolation(theme):
     ax.set_yscale("log")
     finite = [v for values in curves.values() for v in values if not math.isnan(v)]
     low, high = min(finite) / 1.05, max(finite) * 1.05
-    for candidates in ((2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 40, 60, 100, 200, 500, 1000),
+    for candidates in ((2, 3, 4, 5, 6, 7, 8, 10, 15, 20, 30, 40, 60, 100, 200, 500, 1000),
                        range(2, 1000)):  # a sparse ladder, or every integer if the range is narrow
         ticks = [t for t in candidates if low <= t <= high]
         if len(ticks) >= 4:
@@ -263,7 +279,8 @@ ch.markdown("extrapolation-setup", (
     f"{TRAIN_LEN} characters, batch {BATCH}, {STEPS} AdamW steps (learning rate $3 \\times 10^{{-3}}$, "
     f"warm-up then cosine), the same batches for every method. Evaluation: the first {span:,} held-out "
     f"characters, cut into non-overlapping windows of each length, every position counted. T5 here: "
-    f"16 causal buckets with `max_distance` equal to the training length. Training took "
+    f"{T5_BUCKETS} causal buckets with `max_distance` equal to the training length (its last bucket "
+    f"holds every distance of {t5_start} or more). Training took "
     f"{min(seconds.values()):.0f}–{max(seconds.values()):.0f} s per model on {device.type}."
 ))
 
@@ -303,6 +320,19 @@ else:
     sentences.append(f"Position interpolation without any training does not help (by 2% or more) at any "
                      f"longer length "
                      f"here (at {longest}: {pi[-1]:.2f} against {plain[-1]:.2f} without it).")
+# Why RoPE, though relative, can extrapolate badly: the slow channel pairs never complete a turn
+# within the training window, so longer distances rotate them to angles training never produced.
+head_dim = D_MODEL // HEADS
+max_trained_angle = (TRAIN_LEN - 1) * torch.tensor(
+    [10000.0 ** (-2 * i / head_dim) for i in range(head_dim // 2)], dtype=torch.float64)
+unturned = int((max_trained_angle < 2 * math.pi).sum())
+rope_note = (f"RoPE is relative, yet {'it is the worst' if worst_long == 'rope' else 'it is not the best'} "
+             f"at {longest}: its scores depend only on distances, but distances beyond {TRAIN_LEN - 1} rotate "
+             f"the channel pairs to angles training never produced. With $d_k = {head_dim}$, {unturned} of "
+             f"its {head_dim // 2} pairs do not complete one turn within {TRAIN_LEN - 1} positions, so at "
+             f"longer distances they take angles, and the scores they make, that the model has not seen.")
+if worst_long == "rope" or best_long != "rope":
+    sentences.append(rope_note)
 ch.markdown("extrapolation-summary", " ".join(sentences))
 
 # %% [markdown]
@@ -359,8 +389,9 @@ ch.markdown("pi-finetune-summary", (
 # ## 5. The RoPE layout bug and per-sequence positions, on the trained model
 #
 # The RoPE model was trained with the half-split layout. Running it with the interleaved
-# layout (the porting bug) and with the interleaved layout *after* permuting the rows of
-# W_Q and W_K (the correct port).
+# layout (the porting bug) and with the interleaved layout *after* permuting each head's query
+# and key channels: the columns of W_Q and W_K, which are rows of the `nn.Linear` weight
+# (and entries of its bias). That is the correct port.
 
 # %%
 rope_model = models["rope"]
@@ -373,8 +404,8 @@ def set_layout(model: PositionLM, layout: str) -> None:
 
 
 @torch.no_grad()
-def permute_qk_rows(model: PositionLM, order: torch.Tensor) -> None:
-    """Reorder each head's query and key channels (rows of W_Q, W_K and their biases)."""
+def permute_qk_channels(model: PositionLM, order: torch.Tensor) -> None:
+    """Reorder each head's query and key channels: columns of W_Q, W_K (rows of nn.Linear.weight), biases."""
     head_dim = D_MODEL // HEADS
     for block in model.blocks:
         rows = torch.arange(3 * D_MODEL).view(3, HEADS, head_dim)
@@ -387,15 +418,16 @@ native = perplexity(rope_model, TRAIN_LEN)
 set_layout(rope_model, "interleaved")
 mixed = perplexity(rope_model, TRAIN_LEN)
 inverse = torch.argsort(perm)      # half-split channel (i, i + d/2) -> interleaved (2i, 2i + 1)
-permute_qk_rows(rope_model, inverse)
+permute_qk_channels(rope_model, inverse)
 ported = perplexity(rope_model, TRAIN_LEN)
-permute_qk_rows(rope_model, perm)  # undo: back to the trained model
+permute_qk_channels(rope_model, perm)  # undo: back to the trained model
 set_layout(rope_model, "half_split")
 assert perplexity(rope_model, TRAIN_LEN) == native
 ch.table("rope-layouts", ["RoPE model (trained half-split), run with", f"perplexity at $L = {TRAIN_LEN}$"], [
     ["half-split (as trained)", f"{native:.3f}"],
     ["interleaved, weights unchanged (the porting bug)", f"{mixed:.3f}"],
-    ["interleaved, rows of $W_Q$, $W_K$ permuted", f"{ported:.3f}"],
+    ["interleaved, each head's columns of $W_Q$, $W_K$ permuted (rows of the `nn.Linear` weight, and "
+     "the bias entries)", f"{ported:.3f}"],
 ], align="lr")
 
 # %%

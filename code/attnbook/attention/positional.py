@@ -88,6 +88,9 @@ def sinusoidal_shift_matrix(shift: int, d_model: int, *, base: float = 10000.0,
                             dtype=torch.float64) -> Tensor:
     """The (d_model, d_model) matrix M_k with PE(pos + k) = M_k PE(pos) for *every* pos.
 
+    Here PE(pos) is a column; with rows as vectors (as in the book), PE(pos + k) = PE(pos) M_kᵀ,
+    i.e. ``encoding @ M_k.T``.
+
     Each (sin, cos) pair is rotated by the angle k·ω_i (the angle-addition formulas), so M_k
     is block-diagonal with 2×2 rotations and does not depend on pos: the reason Vaswani et
     al. (Section 3.5) expected the model to "attend by relative positions".
@@ -296,8 +299,11 @@ def t5_relative_position_bucket(relative_position: Tensor, *, bidirectional: boo
     Bidirectional: half the buckets for keys before the query, half for keys after.
     Causal: all of them for the past (future keys fall in bucket 0, and the causal mask
     hides them anyway). Within a direction with n buckets, distances below n/2 get one
-    bucket each; distances from n/2 to ``max_distance`` share the other n/2 buckets on a
-    log scale; farther distances all land in the last bucket.
+    bucket each; larger distances share the other n/2 buckets on a log scale, truncated to
+    an integer and clamped to the last bucket. ``max_distance`` is where the log formula
+    would reach one past the last bucket, so the last bucket starts *before* it: with 32
+    buckets and max_distance 128 it holds every distance >= 91 (bidirectional) or >= 113
+    (causal).
     """
     check_tensor("relative_position", relative_position)
     check_positive_int("num_buckets", num_buckets)
@@ -401,7 +407,10 @@ def rope_layout_permutation(head_dim: int) -> Tensor:
     ``x_half_split = x_interleaved[..., perm]`` with perm = [0, 2, 4, ..., 1, 3, 5, ...]: the
     pair (2i, 2i + 1) becomes (i, i + d/2). Then
     ``apply_rope_half_split(x[..., perm], a) == apply_rope_interleaved(x, a)[..., perm]``.
-    Porting weights between layouts means permuting the rows of W_Q and W_K this way.
+    Porting weights between layouts means permuting each head's query and key channels this
+    way: the columns of W_Q and W_K in q = x W_Q (rows of ``nn.Linear.weight``, and the bias).
+    Without it the scores stay relative, but channels that were never a trained pair are
+    rotated into each other, at the wrong frequencies.
     """
     _check_even("head_dim", head_dim)
     return torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
@@ -472,7 +481,8 @@ def apply_rope(x: Tensor, *, layout: str = "half_split", base: float = 10000.0,
     (batch, seq) when sequences differ (left padding: see ``position_ids_from_padding``).
     ``position_scale`` < 1 is position interpolation (Chen et al., 2023): position m is
     rotated as if it were m·scale. Apply RoPE to q and k (never to v) before the scores:
-    then q_mᵀk_n depends on m and n only through n - m (Su et al., Eq. 16).
+    then, with rows as vectors, q_m k_nᵀ depends on the positions m and n only through m - n
+    (Su et al., Eq. 16).
     """
     check_rank("x", x, 4, "(batch, heads, seq, head_dim)")
     if layout not in ROPE_LAYOUTS:
@@ -492,7 +502,6 @@ def apply_rope(x: Tensor, *, layout: str = "half_split", base: float = 10000.0,
         angles = angles[:, None]  # (batch, 1, seq, head_dim/2): the same for every head
     return ROPE_LAYOUTS[layout](x, angles)
 # --8<-- [end:rope]
-# --8<-- [end:rope]
 
 
 # --8<-- [start:alibi]
@@ -502,7 +511,8 @@ def alibi_slopes(num_heads: int, *, dtype=torch.float32, device=None) -> Tensor:
     For n a power of two: the geometric sequence 2^(-8/n), 2^(-16/n), ..., 2^(-8) (for 8
     heads 1/2 .. 1/256). Otherwise, the rule of the paper's reference code: take the slopes
     of the closest power of two p below n, then the missing n - p from the sequence for 2p,
-    every other one starting with the first (these fall between the slopes already taken).
+    every other one starting with the first. The first added slope, 2^(-4/p), is larger than
+    every slope already taken; the others fall between them.
     """
     check_positive_int("num_heads", num_heads)
     closest = 1 << (num_heads.bit_length() - 1)                    # the largest power of two <= n

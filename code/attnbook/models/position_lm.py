@@ -69,7 +69,8 @@ class PositionLM(nn.Module):
     """Token embeddings + ``num_layers`` causal blocks + read-out, with ``method`` for positions.
 
     ``train_len`` is the context it is trained at: the size of the learned table, and the
-    ``max_distance`` of the T5 buckets (distances beyond it share the last bucket).
+    ``max_distance`` of the T5 buckets (the last bucket starts a little before it: see
+    ``t5_relative_position_bucket``).
     """
 
     def __init__(self, vocab_size: int, method: str, *, train_len: int, d_model: int = 64,
