@@ -1,0 +1,517 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # A GPT from scratch
+#
+# This notebook produces every figure, table and number of the chapter "A GPT from scratch"
+# of *The Attention Book*. It runs on a laptop CPU in about a minute:
+#
+# ```
+# python code/chapters/gpt.py --device cpu          # or --device cuda (a bigger model), --quick
+# ```
+#
+# 1. a character-level GPT (`attnbook.models.gpt`) trained on chapters I–III of *Alice's
+#    Adventures in Wonderland*, with its validation loss and samples at several points of
+#    training, and a check that it reaches the validation loss stated in advance;
+# 2. sampling: greedy, temperature, top-k and top-p, and the next-character distribution of
+#    one prompt at several temperatures;
+# 3. what the trained heads attend to;
+# 4. generation with the KV cache: cached logits against recomputed ones, and the time saved.
+
+# %%
+from attnbook.chapter import Chapter
+
+ch = Chapter("gpt")
+
+# %%
+import math
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from attnbook.attention.dot_product import scaled_dot_product_attention
+from attnbook.attention.multihead import project_heads
+from attnbook.data.text import ALICE, CharVocab, load_text, text_windows
+from attnbook.models.gpt import GPT, GPTConfig, generate, top_k_filter, top_p_filter
+from attnbook.train import TrainConfig, cross_entropy, train
+from attnbook.viz import colors, heatmap
+
+device = ch.device
+ch.one_thread_on_cpu()
+on_gpu = device.type == "cuda"
+
+# %% [markdown]
+# ## 1. The model, the data, and the target
+#
+# The validation loss we promise before training (nats per character on the held-out last
+# 10% of the text). The build fails if the trained model misses it.
+
+# %%
+# --8<-- [start:target]
+TARGET_VAL_LOSS = ch.pick(1.95, 2.75)   # full size (CPU or GPU), --quick
+# --8<-- [end:target]
+
+text = load_text(ALICE)
+vocab = CharVocab(text)
+ids = vocab.encode(text)
+split = int(0.9 * len(ids))
+train_ids, val_ids = ids[:split], ids[split:]
+
+# --8<-- [start:sizes]
+if on_gpu:
+    config = GPTConfig(len(vocab), max_len=ch.pick(128, 64), d_model=ch.pick(192, 64), num_heads=ch.pick(6, 4),
+                       num_layers=ch.pick(4, 2), dropout=0.2)
+    BATCH, STEPS = ch.pick(64, 16), ch.pick(2000, 300)
+else:
+    config = GPTConfig(len(vocab), max_len=64, d_model=ch.pick(96, 64), num_heads=4,
+                       num_layers=ch.pick(3, 2), dropout=0.1)
+    BATCH, STEPS = ch.pick(32, 16), ch.pick(800, 300)
+SEQ = config.max_len
+train_config = TrainConfig(steps=STEPS, lr=1e-3 if on_gpu else 3e-3, warmup_steps=ch.pick(50, 10), min_lr_ratio=0.1,
+                           betas=(0.9, 0.99), weight_decay=0.1, seed=1)
+# --8<-- [end:sizes]
+
+torch.manual_seed(0)
+model = GPT(config).to(device)
+num_params = sum(p.numel() for p in model.parameters())  # tied: the embedding counted once
+val_windows = val_ids[: (len(val_ids) - 1) // SEQ * SEQ + 1]
+val_inputs = val_windows[:-1].view(-1, SEQ)                 # non-overlapping windows, (count, SEQ)
+val_targets = val_windows[1:].view(-1, SEQ)
+
+
+@torch.no_grad()
+def val_loss(model: GPT) -> float:
+    """Mean cross-entropy over every character of the held-out windows (nats per character)."""
+    was_training = model.training
+    model.eval()
+    loss = cross_entropy(model(val_inputs.to(device)), val_targets.to(device)).item()
+    model.train(was_training)
+    return loss
+
+
+PROMPT = "Alice was "
+SAMPLE_LEN = min(100, SEQ - len(PROMPT))
+
+
+@torch.no_grad()
+def sample(model: GPT, prompt: str = PROMPT, seed: int = 0, **how) -> str:
+    was_training = model.training
+    model.eval()
+    prompt_ids = vocab.encode(prompt)[None].to(device)
+    out = generate(model, prompt_ids, SAMPLE_LEN, generator=torch.Generator(device).manual_seed(seed), **how)
+    model.train(was_training)
+    return vocab.decode(out[0, len(prompt):].tolist())
+
+
+# %% [markdown]
+# Training with the book's `train` loop. To look at the model *during* training, the
+# batch function takes a snapshot (validation loss and a sample) when a chosen number of
+# steps is done; snapshots use their own random generators, so the training run is the
+# same as one without them.
+
+# %%
+SNAPSHOTS = sorted({ch.pick(s, q) for s, q in ((50, 10), (200, 50), (STEPS // 4, 100), (STEPS // 2, 150),
+                                                 (3 * STEPS // 4, 200))})
+snapshots: dict[int, tuple[float, str]] = {0: (val_loss(model), sample(model, temperature=0.8))}
+best = {"loss": math.inf, "step": 0, "state": None}   # early stopping: the best snapshot's weights
+steps_done = 0
+
+
+def take_snapshot(step: int) -> None:
+    snapshots[step] = (val_loss(model), sample(model, temperature=0.8))
+    if snapshots[step][0] < best["loss"]:
+        best.update(loss=snapshots[step][0], step=step,
+                    state={k: v.detach().clone() for k, v in model.state_dict().items()})
+
+
+def make_batch(generator: torch.Generator):
+    global steps_done
+    if steps_done in SNAPSHOTS:
+        take_snapshot(steps_done)
+    steps_done += 1
+    return text_windows(train_ids, BATCH, SEQ, generator)
+
+
+history = train(model, make_batch, train_config, device=device)
+model.eval()
+take_snapshot(STEPS)
+kept_step = best["step"]
+model.load_state_dict(best["state"])   # the last weights unless an earlier snapshot validated better
+final_val = val_loss(model)
+print(f"trained {STEPS} steps in {history.seconds:.1f} s; validation loss {final_val:.3f} at step {kept_step} "
+      f"(target {TARGET_VAL_LOSS:.2f})")
+# --8<-- [start:check]
+if not final_val <= TARGET_VAL_LOSS:
+    raise RuntimeError(f"validation loss {final_val:.3f} missed the target {TARGET_VAL_LOSS:.2f} "
+                       f"stated in advance")
+# --8<-- [end:check]
+
+counts = torch.bincount(train_ids, minlength=len(vocab)).double() + 1   # add-one smoothing
+unigram_loss = -(counts / counts.sum()).log()[val_targets.flatten()].mean().item()
+
+ch.markdown("setup", (
+    f"Data: {len(text):,} characters ({len(vocab)} distinct), the first {split:,} for training and the last "
+    f"{len(ids) - split:,} held out for validation, scored as {val_inputs.shape[0]} non-overlapping windows of "
+    f"{SEQ} characters. Model: {config.num_layers} layers, {config.num_heads} heads, "
+    f"$d_{{\\text{{model}}}} = {config.d_model}$, $d_{{\\text{{ff}}}} = {config.d_ff}$, context {SEQ}, "
+    f"learned positions, tied embeddings, dropout {config.dropout}: {num_params:,} parameters. "
+    f"Training: {STEPS} AdamW steps of {BATCH} random windows, peak learning rate "
+    f"{train_config.lr:g} after {train_config.warmup_steps} warm-up steps, cosine decay to a tenth, "
+    f"weight decay {train_config.weight_decay}, gradients clipped at norm 1; "
+    f"{history.seconds:.0f} s on {'a GPU' if on_gpu else 'one CPU thread'}. "
+    + ("The weights kept are those of the last step: no earlier snapshot had a lower validation loss."
+       if kept_step == STEPS else
+       f"The weights kept are those of step {kept_step}, the snapshot with the lowest validation loss "
+       f"(early stopping): later the model memorised the small training text and validated worse.")
+))
+verdict = "reached" if final_val <= TARGET_VAL_LOSS else "missed"
+ch.markdown("result", (
+    f"Validation loss after training: **{final_val:.3f}** nats per character "
+    f"({final_val / math.log(2):.2f} bits), against the target of {TARGET_VAL_LOSS:.2f} stated in advance: "
+    f"{verdict}, with a margin of {TARGET_VAL_LOSS - final_val:.2f} (the target leaves room for other "
+    f"hardware and library versions, whose rounding changes the run slightly). For scale: guessing uniformly among "
+    f"the {len(vocab)} characters scores $\\ln {len(vocab)} = {math.log(len(vocab)):.2f}$, and the "
+    f"character frequencies of the training text alone score {unigram_loss:.2f}. The last training "
+    f"loss (one batch, dropout on) was {history.loss[-1]:.3f}."
+))
+ch.table("snapshots", ["steps done", "validation loss", "sample (temperature 0.8), after *" + PROMPT.strip() + "*"],
+         [[s, f"{loss:.3f}", "`" + txt.replace("\n", "⏎").replace("`", "'") + "`"]
+          for s, (loss, txt) in sorted(snapshots.items())], align="rrl")
+
+
+def smooth(values, width: int = 25) -> np.ndarray:
+    values = np.asarray(values)
+    width = max(1, min(width, len(values) // 5))
+    return np.convolve(values, np.ones(width) / width, mode="valid")
+
+
+def draw_curve(theme):
+    c = colors(theme)
+    fig, ax = plt.subplots(figsize=(6.4, 2.8))
+    train_smooth = smooth(history.loss)
+    offset = (len(history.loss) - len(train_smooth)) // 2
+    ax.plot(np.arange(len(train_smooth)) + offset + 1, train_smooth, color=c["palette"][0], label="training (smoothed)")
+    points = sorted(snapshots.items())
+    ax.plot([s for s, _ in points], [loss for _, (loss, _) in points], "o-", color=c["palette"][1],
+            label="validation")
+    ax.axhline(TARGET_VAL_LOSS, color=c["muted"], linestyle="--", label="target")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats / character)")
+    ax.set_ylim(top=min(4.5, max(history.loss) + 0.1))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+ch.figure("loss", draw_curve)
+
+# %% [markdown]
+# ## 2. Sampling
+#
+# The next-character distribution after one prompt at three temperatures, with the set
+# that top-p = 0.9 keeps, and samples from each decoding rule with the same seed.
+
+# %%
+DIST_PROMPT = "the Queen of H"
+TEMPERATURES = (0.5, 1.0, 2.0)
+TOP_P = 0.9
+with torch.no_grad():
+    dist_logits = model(vocab.encode(DIST_PROMPT)[None].to(device))[0, -1].cpu()   # (vocab,)
+SHOWN = 12
+shown_ids = dist_logits.topk(SHOWN).indices                                          # most likely first
+dists = {}
+for t in TEMPERATURES:
+    probs = torch.softmax(dist_logits / t, dim=-1)
+    kept = torch.isfinite(top_p_filter(dist_logits / t, TOP_P))
+    dists[t] = (probs, kept)
+
+
+def label(i: int) -> str:
+    c = vocab.chars[int(i)]
+    return {" ": "␣", "\n": "⏎"}.get(c, c)
+
+
+def draw_distribution(theme):
+    c = colors(theme)
+    fig, axes = plt.subplots(1, 3, figsize=(6.8, 2.6), sharey=True)
+    for ax, t in zip(axes, TEMPERATURES):
+        probs, kept = dists[t]
+        bar_colors = [c["palette"][0] if kept[i] else c["muted"] for i in shown_ids]
+        ax.bar(range(SHOWN), probs[shown_ids].numpy(), color=bar_colors)
+        ax.set_xticks(range(SHOWN))
+        ax.set_xticklabels([label(i) for i in shown_ids], fontsize=8)
+        ax.set_title(f"T = {t:g}: top-p keeps {int(kept.sum())}", fontsize=9)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("probability")
+    fig.tight_layout()
+    return fig
+
+
+ch.figure("next-token", draw_distribution)
+top = shown_ids[0]
+entropy = {t: -(p * p.clamp_min(1e-30).log()).sum().item() for t, (p, _) in dists.items()}
+ch.table("next-token", ["temperature", f"p(*{label(top)}*)", "entropy (nats)", f"kept by top-p = {TOP_P}",
+                        "kept by top-k = 5"],
+         [[f"{t:g}", f"{p[top]:.3f}", f"{entropy[t]:.2f}", int(kept.sum()),
+           int(torch.isfinite(top_k_filter(dist_logits / t, 5)).sum())] for t, (p, kept) in dists.items()],
+         align="rrrrr")
+ch.markdown("next-token-prompt", (
+    f"The prompt is *{DIST_PROMPT}*; the bars are the {SHOWN} most likely next characters, "
+    f"in the same order in every panel (␣ is the space)."
+))
+
+# --8<-- [start:decoding]
+DECODERS = {
+    "greedy": {"temperature": 0.0},
+    "temperature 0.7": {"temperature": 0.7},
+    "temperature 1.0": {"temperature": 1.0},
+    "temperature 1.5": {"temperature": 1.5},
+    "top-k, k = 5": {"temperature": 1.0, "top_k": 5},
+    f"top-p, p = {TOP_P}": {"temperature": 1.0, "top_p": TOP_P},
+}
+samples = {name: sample(model, seed=3, **how) for name, how in DECODERS.items()}
+# --8<-- [end:decoding]
+
+
+def distinct_words(text_: str) -> float:
+    words = text_.split()
+    return len(set(words)) / max(1, len(words))
+
+
+def novel_words(text_: str) -> float:
+    """Fraction of the complete words of a sample that never occur in the training text."""
+    known = set(vocab.decode(train_ids.tolist()).split())
+    words = text_.split()[:-1]  # the last word may be cut off
+    return sum(w not in known for w in words) / max(1, len(words))
+
+
+ch.table("decoding", ["rule", "distinct words / words", "words not in the training text", "sample"],
+         [[name, f"{distinct_words(s):.2f}", f"{novel_words(s):.2f}",
+           "`" + s.replace("\n", "⏎").replace("`", "'") + "`"] for name, s in samples.items()],
+         align="lrrl")
+
+# %% [markdown]
+# ## 3. What the trained heads attend to
+#
+# The attention weights are recomputed from each block's (normalised) input with a hook:
+# the model itself never materialises them.
+
+# %%
+captured: dict[int, torch.Tensor] = {}
+
+
+def capture(layer: int):
+    def hook(module, args):
+        captured[layer] = args[0].detach()    # LN(x), the input of the attention sub-layer
+    return hook
+
+
+handles = [block.attn.register_forward_pre_hook(capture(i)) for i, block in enumerate(model.blocks)]
+
+
+@torch.no_grad()
+def attention_weights(tokens: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) -> (layers, batch, heads, seq, seq) causal attention weights of the trained model."""
+    model(tokens)
+    weights = []
+    for i, block in enumerate(model.blocks):
+        m = block.attn.mha
+        q, k, v = project_heads(captured[i], None, m.in_proj_weight, m.in_proj_bias, m.num_heads, m.num_heads)
+        weights.append(scaled_dot_product_attention(q, k, v, causal=True)[1])
+    return torch.stack(weights)
+
+
+weights = attention_weights(val_inputs.to(device)).cpu()          # (L, windows, h, SEQ, SEQ)
+positions = torch.arange(SEQ)
+distance = (positions[:, None] - positions[None, :]).clamp_min(0).float()   # query - key
+mean_distance = (weights * distance).sum(-1)[..., 8:].mean(dim=(1, 3))    # (L, h), queries >= 8
+previous = weights.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(1, 3))  # weight on key i-1
+itself = weights.diagonal(dim1=-2, dim2=-1)[..., 8:].mean(dim=(1, 3))       # weight on key i
+space_ids = (val_inputs == vocab.index[" "]).float()                        # (windows, SEQ)
+on_space = (weights * space_ids[None, :, None, None, :]).sum(-1)[..., 8:].mean(dim=(1, 3))
+stats = {"mean distance (chars)": mean_distance, "weight on previous char": previous,
+         "weight on itself": itself, "weight on spaces": on_space}
+
+
+def draw_head_stats(theme):
+    fig, axes = plt.subplots(1, 3, figsize=(6.8, 2.6))
+    for ax, name in zip(axes, ("mean distance (chars)", "weight on previous char", "weight on spaces")):
+        values = stats[name]
+        heads_ = [str(h) for h in range(config.num_heads)]
+        layers_ = [str(layer) for layer in range(config.num_layers)]
+        vmax = None if name.startswith("mean") else 1.0
+        heatmap(ax, values, heads_, layers_, theme=theme, vmax=vmax, title=name, xlabel="head", ylabel="layer")
+        top = values.max().item() if vmax is None else vmax
+        for (r, col), v in np.ndenumerate(values.numpy()):   # text in the colour that contrasts
+            strong = v > 0.55 * top
+            text_colour = colors(theme)["bg" if (strong == (theme == "light")) else "fg"]
+            ax.text(col, r, f"{v:.1f}" if vmax is None else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color=text_colour)
+        plt.setp(ax.get_xticklabels(), rotation=0, ha="center")
+    fig.tight_layout()
+    return fig
+
+
+ch.figure("head-stats", draw_head_stats)
+
+def strongest(values: torch.Tensor, taken: list) -> tuple[int, int]:
+    """(layer, head) with the largest value among the heads not taken yet."""
+    order = values.flatten().argsort(descending=True).tolist()
+    return next(divmod(i, config.num_heads) for i in order if divmod(i, config.num_heads) not in taken)
+
+
+chosen_heads: list = []
+for summary in (previous, mean_distance, on_space):
+    chosen_heads.append(strongest(summary, chosen_heads))
+(prev_layer, prev_head), (far_layer, far_head), (space_layer, space_head) = chosen_heads
+space_share = space_ids.mean().item()
+space_weight = on_space[space_layer, space_head].item()
+ch.markdown("head-stats-numbers", (
+    f"Averaged over the {val_inputs.shape[0]} validation windows (queries from position 8 on, so that every "
+    f"head has a few keys to choose from). The head that puts most weight on the previous character is layer "
+    f"{prev_layer}, head {prev_head} ({previous[prev_layer, prev_head]:.2f} of its weight); among the others, "
+    f"the one that looks furthest back is layer {far_layer}, head {far_head}, a mean of "
+    f"{mean_distance[far_layer, far_head]:.1f} characters; and of the rest, layer {space_layer}, head "
+    f"{space_head} puts the most weight on spaces, {space_weight:.0%}, "
+    + (f"{space_weight / space_share:.1f} times their share of the text ({space_share:.0%})."
+       if space_weight > 1.2 * space_share else f"about their share of the text ({space_share:.0%}).")
+))
+
+SHOW = 20   # the last SHOW characters of a window of SEQ; the keys before them are not drawn
+val_text = vocab.decode(val_ids.tolist())
+window_start = next(i for i in range(1, len(val_text) - SEQ)
+                    if val_text[i - 1] == " " and "\n" not in val_text[i:i + SEQ]
+                    and "  " not in val_text[i:i + SEQ] and val_text[i + SEQ - SHOW - 1] == " ")
+WINDOW = val_text[window_start:window_start + SEQ]
+SNIPPET = WINDOW[-SHOW:]
+snippet_weights = attention_weights(vocab.encode(WINDOW)[None].to(device)).cpu()[:, 0, :, -SHOW:, -SHOW:]
+for handle in handles:
+    handle.remove()
+chosen = [("previous char", prev_layer, prev_head), ("furthest back", far_layer, far_head),
+          ("spaces", space_layer, space_head)]
+
+
+def draw_heads(theme):
+    chars = [label(vocab.index[c]) for c in SNIPPET]
+    fig, axes = plt.subplots(1, 3, figsize=(6.8, 3.0))
+    for ax, (what, layer, head) in zip(axes, chosen):
+        heatmap(ax, snippet_weights[layer, head], chars, chars, theme=theme, vmax=None,
+                title=f"layer {layer}, head {head}:\n{what}")
+        plt.setp(ax.get_xticklabels(), rotation=0, ha="center")
+        ax.title.set_fontsize(9)
+        if ax is not axes[0]:
+            ax.set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
+ch.figure("heads", draw_heads, fmt="png")
+ch.markdown("heads-snippet", (
+    f"The window is {SEQ} characters of validation text, and the figure shows its last {SHOW} queries and keys, "
+    f"*{SNIPPET}* (each row's weight on the {SEQ - SHOW} earlier characters is not drawn)."))
+
+# %% [markdown]
+# ## 4. The KV cache on the trained model
+
+# %%
+# --8<-- [start:kv-check]
+with torch.no_grad():
+    tokens = val_inputs[:1, :SEQ].to(device)                   # one full window, (1, SEQ)
+    recomputed = model(tokens)                                 # every position in one pass
+    cache = model.new_cache()
+    cached = torch.cat([model(tokens[:, t:t + 1], cache) for t in range(SEQ)], dim=1)  # one at a time
+    max_diff = (cached - recomputed).abs().max().item()
+    logit_scale = recomputed.abs().max().item()
+# --8<-- [end:kv-check]
+
+
+def time_generation(use_cache: bool, repeats: int = 3) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        if on_gpu:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        generate(model, vocab.encode("A")[None].to(device), SEQ - 1, temperature=0.0, use_cache=use_cache)
+        if on_gpu:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+greedy_cached = generate(model, vocab.encode(PROMPT)[None].to(device), SAMPLE_LEN, temperature=0.0)
+greedy_plain = generate(model, vocab.encode(PROMPT)[None].to(device), SAMPLE_LEN, temperature=0.0,
+                        use_cache=False)
+same_tokens = bool(torch.equal(greedy_cached, greedy_plain))
+with_cache, without_cache = time_generation(True), time_generation(False)
+print(f"KV cache: max |logit difference| {max_diff:.2e}; {without_cache / with_cache:.1f}x faster")
+ch.markdown("kv-cache", (
+    f"Feeding one window of {SEQ} characters one at a time through the cache gives logits that differ from "
+    f"the single full pass by at most **{max_diff:.1e}** (the logits themselves reach {logit_scale:.1f}), "
+    f"{'zero' if max_diff == 0 else 'float32 rounding: the two paths add the same products in a different order'}. "
+    f"Greedy generation of {SAMPLE_LEN} characters gives {'the same' if same_tokens else 'different'} "
+    f"characters with and without the cache. Generating {SEQ - 1} characters greedily took "
+    f"{1000 * with_cache:.0f} ms with the cache and {1000 * without_cache:.0f} ms without it "
+    f"({without_cache / with_cache:.1f}× faster; best of three, batch 1, {device.type})."
+))
+
+# %% [markdown]
+# ## Exercises
+#
+# The solutions on the page are these cells and the results they write.
+
+# %%
+# --8<-- [start:exercise-1]
+# Where do the parameters live? Embedding (shared with the read-out), positions, blocks.
+embedding = model.token_embedding.weight.numel()
+position = sum(p.numel() for p in model.position_embedding.parameters())
+per_block = sum(p.numel() for p in model.blocks[0].parameters())
+untied = num_params + model.lm_head.weight.numel()        # a separate read-out matrix
+ch.table("exercise-1", ["part", "parameters"], [
+    ["token embedding = read-out (tied)", f"{embedding:,}"],
+    ["position table", f"{position:,}"],
+    [f"one block (× {config.num_layers})", f"{per_block:,}"],
+    ["final LayerNorm", f"{sum(p.numel() for p in model.norm.parameters()):,}"],
+    ["total", f"{num_params:,}"],
+    ["total without tying", f"{untied:,}"],
+], align="lr")
+# --8<-- [end:exercise-1]
+
+# %%
+# --8<-- [start:exercise-2]
+# How many characters does top-p keep, as a function of temperature, averaged over the
+# validation positions? (The "nucleus" grows as the temperature flattens the distribution.)
+with torch.no_grad():
+    all_logits = model(val_inputs.to(device)).flatten(0, 1)      # (positions, vocab)
+    nucleus = {t: torch.isfinite(top_p_filter(all_logits / t, TOP_P)).sum(-1).float().mean().item()
+               for t in (0.5, 0.8, 1.0, 1.5, 2.0)}
+ch.table("exercise-2", ["temperature", f"mean characters kept by top-p = {TOP_P}"],
+         [[f"{t:g}", f"{kept:.1f}"] for t, kept in nucleus.items()], align="rr")
+# --8<-- [end:exercise-2]
+
+# %%
+# --8<-- [start:exercise-3]
+# Does the model use its context? Validation loss by position in the window, over windows
+# that start every 8 characters (so each position is scored on many different contexts).
+starts = torch.arange(0, len(val_ids) - SEQ, 8)
+windows = val_ids[starts[:, None] + torch.arange(SEQ + 1)]               # (count, SEQ + 1)
+with torch.no_grad():
+    logits = model(windows[:, :-1].to(device))
+    per_position = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), windows[:, 1:].to(device), reduction="none").mean(0).cpu()   # (SEQ,)
+buckets = [(0, 1), (1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 128)]
+ch.table("exercise-3", ["positions in the window", "validation loss"],
+         [[f"{a}" if b == a + 1 else f"{a}–{b - 1}", f"{per_position[a:b].mean():.3f}"]
+          for a, b in buckets if b <= SEQ], align="rr")
+# --8<-- [end:exercise-3]
