@@ -113,3 +113,15 @@ def test_a_head_grid_of_many_heads_fits_the_column(tmp_path):
     fig = head_grid(weights)
     assert fig.get_size_inches()[0] <= COLUMN_INCHES + 1e-9
     save_figure(fig, tmp_path / "grid.png")  # passes the legibility check
+
+
+def test_length_panels_label_the_bins_and_shade_unseen_lengths():
+    from attnbook.viz import length_panels
+
+    fig, axes = plt.subplots(1, 2)
+    length_panels(axes, [(3, 10), (11, 20), (21, 30)], 15)
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["3–10", "11–20", "21–30"]
+    assert axes[1].get_title() == "exact match (%)" and axes[0].get_ylim() == (0, 100)
+    [shade] = axes[0].patches
+    assert shade.get_x() == 15.5 and shade.get_x() + shade.get_width() == 30
+    plt.close(fig)

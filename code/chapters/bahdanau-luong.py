@@ -33,7 +33,7 @@ from attnbook.data.translation import (
 )
 from attnbook.models.seq2seq import Seq2Seq
 from attnbook.train import TrainConfig, cross_entropy, train
-from attnbook.viz import colors, heatmap
+from attnbook.viz import colors, heatmap, length_panels
 
 # Small recurrent steps are dominated by per-operation overhead: one thread is as fast as
 # two here, and leaves the other core to the rest of the build.
@@ -277,12 +277,7 @@ def draw_quality(theme):
         for ax, k, scale in ((axes[0], 0, 1), (axes[1], 1, 100)):
             ax.plot(centres, [quality[kind][b][k] * scale for b in TEST_BINS], line, marker=marker,
                     color=color, label=LABELS[kind], markersize=4)
-    for ax, title in zip(axes, ("BLEU", "exact match (%)")):
-        ax.axvspan(TRAIN_MAX_LEN + 0.5, TEST_BINS[-1][1], color=c["grid"], alpha=0.5, lw=0)
-        ax.set_xlabel("source length (words)")
-        ax.set_title(title)
-        ax.set_ylim(0, 100)
-        ax.set_xticks(centres, [bin_name(b) for b in TEST_BINS])
+    length_panels(axes, TEST_BINS, TRAIN_MAX_LEN, theme=theme)
     axes[0].text(TRAIN_MAX_LEN + 1, 95, "longer than\nany training\nsentence", fontsize=8,
                  va="top", color=c["muted"])
     handles, labels = axes[0].get_legend_handles_labels()

@@ -30,7 +30,7 @@ from attnbook.data.translation import TranslationTask
 from attnbook.models.seq2seq import Seq2Seq
 from attnbook.models.transformer import EncoderDecoder, greedy_decode
 from attnbook.train import TrainConfig, cross_entropy, noam, train, warmup_cosine
-from attnbook.viz import colors
+from attnbook.viz import colors, length_panels
 
 # Tiny models: per-operation overhead dominates, one thread is as fast as two and leaves the
 # other core to the post-LN / pre-LN runs (started in a child process below).
@@ -371,12 +371,7 @@ def draw_quality(theme):
         for ax, k, scale in ((axes[0], 0, 1), (axes[1], 1, 100)):
             ax.plot(centres, [results[key][0][b][k] * scale for b in TEST_BINS], "-o",
                     color=c["palette"][i], label=NAMES[key], markersize=4)
-    for ax, title in zip(axes, ("BLEU", "exact match (%)")):
-        ax.axvspan(TRAIN_MAX_LEN + 0.5, TEST_BINS[-1][1], color=c["grid"], alpha=0.5, lw=0)
-        ax.set_xlabel("source length (words)")
-        ax.set_title(title)
-        ax.set_ylim(0, 100)
-        ax.set_xticks(centres, [bin_name(b) for b in TEST_BINS])
+    length_panels(axes, TEST_BINS, TRAIN_MAX_LEN, theme=theme)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2, frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))

@@ -16,9 +16,9 @@ from .style import (
     save_themed,
     theme_style,
 )
-from .plots import animate_heatmaps, head_grid, heatmap, token_links
+from .plots import animate_heatmaps, head_grid, heatmap, length_panels, token_links
 
 __all__ = [
     "COLUMN_INCHES", "MIN_FONT_PT", "PALETTE", "THEMES", "check_legible", "animate_heatmaps", "attention_cmap", "colors", "head_grid",
-    "heatmap", "save_figure", "save_themed", "theme_style", "token_links",
+    "heatmap", "length_panels", "save_figure", "save_themed", "theme_style", "token_links",
 ]

@@ -81,6 +81,24 @@ def head_grid(weights, tokens: Sequence[str] | None = None, *, theme: str = "lig
     return fig
 
 
+def length_panels(axes, bins, longest_trained: int, *, theme: str = "light",
+                  titles: Sequence[str] = ("BLEU", "exact match (%)")) -> None:
+    """Dress panels of a score (0-100) against source length, one panel per title.
+
+    ``bins`` are ``(shortest, longest)`` source lengths; the panels' x ticks sit at the
+    bin centres, and lengths beyond ``longest_trained`` (longer than any training
+    sentence) are shaded. Chapters 3 and 7 draw their translation quality this way.
+    """
+    c = colors(theme)
+    centres = [(lo + hi) / 2 for lo, hi in bins]
+    for ax, title in zip(axes, titles):
+        ax.axvspan(longest_trained + 0.5, bins[-1][1], color=c["grid"], alpha=0.5, lw=0)
+        ax.set_xlabel("source length (words)")
+        ax.set_title(title)
+        ax.set_ylim(0, 100)
+        ax.set_xticks(centres, [f"{lo}–{hi}" for lo, hi in bins])
+
+
 # --8<-- [start:links]
 def token_links(ax, weights, tokens: Sequence[str], *, theme: str = "light",
                 threshold: float = 0.02, title: str | None = None):
