@@ -71,8 +71,7 @@ def on_pre_build(config, **kwargs):
         return
     if not serving:
         raise PluginError("a chapter failed to run (see above); its previous outputs were kept")
-    resolved, lib = build.resolve(device), build.library_digest(layout)
-    for r in results:
+    for r in results:  # remembered with the key of the inputs they ran on (computed above)
         if r.status == "failed":
             _state["failed"][r.slug] = build.chapter_key(layout, r.slug, resolved, False, lib)
     # printed, not logged: under `strict: true` a logged error or warning aborts the rebuild,
