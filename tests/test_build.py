@@ -223,3 +223,58 @@ def test_chapter_scripts_reject_unknown_options(tmp_path):
     assert proc.returncode == 2
     assert "unrecognized arguments: --devcie" in proc.stderr
     assert not list(tmp_path.iterdir()), "nothing ran"
+
+
+NEEDY = textwrap.dedent('''
+    # %%
+    from attnbook.chapter import Chapter
+    ch = Chapter("{slug}")
+    answer = ch.needs("{needs}", "answer.md").read_text().split()[-1].rstrip(".")
+    ch.markdown("answer", f"Twice the answer is {{2 * int(answer)}}.")
+''')
+
+
+def test_a_chapter_runs_after_the_chapter_it_needs_and_with_its_outputs(tree):
+    (tree.chapters / "alpha.py").write_text(NEEDY.format(slug="alpha", needs="zeta"))
+    (tree.chapters / "zeta.py").write_text(GOOD.format(slug="zeta", answer=21))
+    assert build.chapter_needs(tree, "alpha") == ["zeta"]
+    # alpha sorts first and has no recorded time, yet zeta must run first
+    results = build.build_chapters(tree, device="cpu", jobs=2, log=lambda *_: None)
+    assert statuses(results) == {"alpha": "ran", "zeta": "ran"}
+    assert (tree.generated / "alpha" / "answer.md").read_text() == "Twice the answer is 42.\n"
+    # asking for alpha alone after zeta changed rebuilds zeta too, then alpha
+    (tree.chapters / "zeta.py").write_text(GOOD.format(slug="zeta", answer=5))
+    results = build.build_chapters(tree, ["alpha"], device="cpu", log=lambda *_: None)
+    assert statuses(results) == {"alpha": "ran", "zeta": "ran"}
+    assert (tree.generated / "alpha" / "answer.md").read_text() == "Twice the answer is 10.\n"
+
+
+def test_a_chapter_whose_dependency_fails_is_not_run(tree):
+    (tree.chapters / "alpha.py").write_text(NEEDY.format(slug="alpha", needs="zeta"))
+    (tree.chapters / "zeta.py").write_text(BAD.format(slug="zeta"))
+    results = build.build_chapters(tree, device="cpu", jobs=2, log=lambda *_: None)
+    assert statuses(results) == {"alpha": "failed", "zeta": "failed"}
+    assert "zeta" in next(r.tail for r in results if r.slug == "alpha")
+
+
+def test_needs_in_a_circle_or_on_a_missing_chapter_are_named(tree):
+    (tree.chapters / "alpha.py").write_text(NEEDY.format(slug="alpha", needs="zeta"))
+    (tree.chapters / "zeta.py").write_text(NEEDY.format(slug="zeta", needs="alpha"))
+    with pytest.raises(SystemExit, match="circle: alpha -> zeta -> alpha"):
+        build.build_chapters(tree, device="cpu", log=lambda *_: None)
+    (tree.chapters / "zeta.py").write_text(NEEDY.format(slug="zeta", needs="omega"))
+    with pytest.raises(SystemExit, match="'zeta' needs chapter.*omega"):
+        build.build_chapters(tree, device="cpu", log=lambda *_: None)
+
+
+def test_a_missing_dependency_output_tells_the_reader_what_to_run(tmp_path, monkeypatch):
+    from attnbook.chapter import Chapter
+
+    monkeypatch.delenv("ATTNBOOK_BUILD", raising=False)
+    monkeypatch.setenv("ATTNBOOK_GENERATED", str(tmp_path))
+    ch = Chapter("inference", ["--out", str(tmp_path / "inference"), "--device", "cpu"])
+    with pytest.raises(FileNotFoundError, match=r"'model.pt' written by chapter 'gpt'.*run python code/chapters/gpt.py first"):
+        ch.needs("gpt", "model.pt")
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "gpt" / "model.pt").write_bytes(b"x")
+    assert ch.needs("gpt", "model.pt") == tmp_path / "gpt" / "model.pt"

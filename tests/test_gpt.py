@@ -182,3 +182,24 @@ def test_bad_arguments_raise_named_errors():
         top_k_filter(torch.zeros(1, 3), 0)
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         sample_next(torch.zeros(1, 3), temperature=-1.0)
+
+
+def test_save_and_load_gpt_round_trip(tmp_path):
+    """A saved GPT loads with the same config, vocabulary and logits; a wider max_len keeps
+    the trained position rows, so logits inside the old context are unchanged."""
+    from attnbook.data.text import CharVocab
+    from attnbook.models.gpt import load_gpt, save_gpt
+
+    torch.manual_seed(0)
+    vocab = CharVocab("hello world")
+    model = GPT(GPTConfig(len(vocab), max_len=8, d_model=16, num_heads=2, num_layers=1)).eval()
+    save_gpt(tmp_path / "m.pt", model, vocab, {"steps": 3})
+    tokens = vocab.encode("hello w")[None]
+    loaded, vocab2, meta = load_gpt(tmp_path / "m.pt")
+    assert vocab2.chars == vocab.chars and meta == {"steps": 3} and loaded.config == model.config
+    assert torch.equal(loaded(tokens), model(tokens))
+    wide, _, _ = load_gpt(tmp_path / "m.pt", max_len=32)
+    assert wide.config.max_len == 32
+    torch.testing.assert_close(wide(tokens), model(tokens), rtol=0, atol=0)
+    with pytest.raises(TypeError):
+        load_gpt(tmp_path / "m.pt", no_such_field=1)

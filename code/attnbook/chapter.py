@@ -98,6 +98,7 @@ class Chapter:
                 raise
             parser.exit(2, f"error: {exc}\n")
         self.quick = bool(args.quick)
+        self._out_given = bool(args.out) and not os.environ.get("ATTNBOOK_BUILD") == "1"
         self.out = Path(args.out) if args.out else default_out(slug)
         self.out.mkdir(parents=True, exist_ok=True)
         self.written: list[str] = []
@@ -126,6 +127,26 @@ class Chapter:
         """
         if self.device.type == "cpu":
             torch.set_num_threads(1)
+
+    def needs(self, chapter: str, filename: str) -> Path:
+        """The path of ``filename`` written by another chapter (e.g. chapter 8's trained model).
+
+        Looked for in that chapter's default output folder (``docs/generated/<chapter>/`` in a
+        clone, ``<chapter>-outputs/`` next to a downloaded notebook) and, when this chapter was
+        given ``--out``, in the folder beside it. The build runs ``chapter`` first: it finds
+        the ``ch.needs("<chapter>", ...)`` calls in the script.
+        """
+        built = os.environ.get("ATTNBOOK_GENERATED")  # set by the build: where it keeps outputs
+        candidates = [Path(built) / chapter / filename] if built else [default_out(chapter) / filename]
+        if self._out_given and self.out.parent / chapter / filename not in candidates:
+            candidates.append(self.out.parent / chapter / filename)
+        for path in candidates:
+            if path.is_file():
+                return path
+        where = IN_CLONE and f"python code/chapters/{chapter}.py" or f"the notebook {chapter}.ipynb in this folder"
+        raise FileNotFoundError(
+            f"chapter '{self.slug}' uses {filename!r} written by chapter '{chapter}', and it is not there yet: "
+            f"run {where} first (looked in: {', '.join(str(p) for p in candidates)})")
 
     def pick(self, full, quick):
         """``quick`` in quick mode (tests), ``full`` otherwise."""

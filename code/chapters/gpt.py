@@ -44,7 +44,7 @@ import torch
 from attnbook.attention.dot_product import scaled_dot_product_attention
 from attnbook.attention.multihead import project_heads
 from attnbook.data.text import ALICE, CharVocab, load_text, text_windows
-from attnbook.models.gpt import GPT, GPTConfig, generate, top_k_filter, top_p_filter
+from attnbook.models.gpt import GPT, GPTConfig, generate, save_gpt, top_k_filter, top_p_filter
 from attnbook.train import TrainConfig, cross_entropy, train
 from attnbook.viz import colors, heatmap
 
@@ -157,6 +157,10 @@ if not final_val <= TARGET_VAL_LOSS:
     raise RuntimeError(f"validation loss {final_val:.3f} missed the target {TARGET_VAL_LOSS:.2f} "
                        f"stated in advance")
 # --8<-- [end:check]
+# chapter 9 continues from this model: keep it with the chapter's outputs
+save_gpt(ch.path("model.pt"), model, vocab, {"steps": STEPS, "kept_step": kept_step, "val_loss": final_val,
+                                             "train_chars": split, "seq_len": SEQ, "quick": ch.quick,
+                                             "device": device.type})
 
 counts = torch.bincount(train_ids, minlength=len(vocab)).double() + 1   # add-one smoothing
 unigram_loss = -(counts / counts.sum()).log()[val_targets.flatten()].mean().item()

