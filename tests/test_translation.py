@@ -161,3 +161,22 @@ def test_bad_arguments_raise_named_errors(task):
         links_from_attention(torch.ones(3))
     with pytest.raises(ValueError, match="pairs is empty"):
         task.batch([])
+
+
+def test_the_benchmark_split_is_fixed_and_respects_its_bins():
+    from attnbook.data.translation import (TEST_BINS, TRAIN_MAX_LEN, benchmark_data, benchmark_task,
+                                           bucketed_batches)
+
+    task = benchmark_task()
+    train, test = benchmark_data(task, 50, 3)
+    again = benchmark_data(benchmark_task(), 50, 3)
+    assert (train, test) == again                       # chapters 3 and 7 see the same data
+    assert all(3 <= len(p.source) <= TRAIN_MAX_LEN for p in train)
+    assert list(test) == list(TEST_BINS)
+    assert all(lo <= len(p.source) <= hi for (lo, hi), pairs in test.items() for p in pairs)
+    batches = bucketed_batches(task, train, 16)
+    assert [b.src.shape[0] for b in batches] == [16, 16, 16, 2]
+    widths = [b.src.shape[1] for b in batches]
+    assert widths == sorted(widths)                      # shortest sentences first
+    with pytest.raises(ValueError, match="batch_size"):
+        bucketed_batches(task, train, 0)

@@ -27,7 +27,11 @@ import torch
 
 from attnbook.attention.additive import additive_attention, project_keys
 from attnbook.data.translation import (
-    TranslationTask,
+    TEST_BINS,
+    TRAIN_MAX_LEN,
+    benchmark_data,
+    benchmark_task,
+    bucketed_batches,
     corpus_alignment_error_rate,
     links_from_attention,
 )
@@ -48,9 +52,10 @@ ch.one_thread_on_cpu()
 # word, so the true alignment is known.
 
 # %%
-task = TranslationTask(seed=0, num_nouns=60, num_adjectives=25, num_verbs=30, num_prepositions=8)
-TRAIN_MAX_LEN = 25                       # like RNNsearch-30: trained on short, tested on longer
-TEST_BINS = [(3, 10), (11, 20), (21, 30), (31, 40)]
+# The task and its split live in the library (attnbook.data.translation): chapter 7 uses
+# the same ones. Training sentences have at most TRAIN_MAX_LEN = 25 words, like
+# RNNsearch-30 trained on short sentences; the test bins reach 40.
+task = benchmark_task()
 STEPS = ch.pick(400, 10)                 # updates for each attention model
 NONE_STEPS = ch.pick(800, 20)            # the model without attention is cheaper per step
 BATCH = 64
@@ -59,9 +64,7 @@ HIDDEN, EMBED = ch.pick((64, 32), (16, 8))
 HALF_WINDOW = 10                         # local-p's D, the value Luong et al. use
 NARROW_WINDOW = 4                        # exercise 6: local-p with a narrower window
 
-train_pairs = task.sample(ch.pick(16_000, 200), 1, max_len=TRAIN_MAX_LEN)
-test_pairs = {bin_: task.sample(PER_BIN, 100 + k, min_len=bin_[0], max_len=bin_[1])
-              for k, bin_ in enumerate(TEST_BINS)}
+train_pairs, test_pairs = benchmark_data(task, ch.pick(16_000, 200), PER_BIN)
 train_lengths = np.array([len(p.source) for p in train_pairs])
 
 example = task.sample(1, 7, min_len=9, max_len=11)[0]
@@ -88,12 +91,7 @@ ch.markdown("task-setup", (
 # drawn at random by the seeded generator of `attnbook.train.train`.
 
 # %%
-def bucketed_batches(pairs, batch_size):
-    ordered = sorted(pairs, key=lambda p: len(p.source))
-    return [task.batch(ordered[i:i + batch_size]) for i in range(0, len(ordered), batch_size)]
-
-
-train_batches = bucketed_batches(train_pairs, BATCH)
+train_batches = bucketed_batches(task, train_pairs, BATCH)
 
 
 def make_batch(generator):

@@ -341,3 +341,34 @@ def links_from_attention(weights, *, src_len: int | None = None,
     best = weights[:tgt_len, :src_len].argmax(dim=-1)
     return [(int(j), i) for i, j in enumerate(best)]
 # --8<-- [end:aer]
+
+
+# --8<-- [start:benchmark]
+# The benchmark of chapters 3, 7 and 21: one task, one split. Training sentences are short
+# (as RNNsearch-30 trained on sentences of up to 30 words) and the test bins reach further.
+TRAIN_MAX_LEN = 25
+TEST_BINS = ((3, 10), (11, 20), (21, 30), (31, 40))
+
+
+def benchmark_task() -> TranslationTask:
+    """The translation task every translation chapter uses (same seed, same vocabularies)."""
+    return TranslationTask(seed=0, num_nouns=60, num_adjectives=25, num_verbs=30, num_prepositions=8)
+
+
+def benchmark_data(task: TranslationTask, num_train: int, per_bin: int
+                   ) -> tuple[list[SentencePair], dict[tuple[int, int], list[SentencePair]]]:
+    """``num_train`` training pairs (sources of 3 to TRAIN_MAX_LEN words) and, for each
+    bin of TEST_BINS, ``per_bin`` test pairs drawn with their own seeds."""
+    train = task.sample(num_train, 1, max_len=TRAIN_MAX_LEN)
+    test = {bin_: task.sample(per_bin, 100 + k, min_len=bin_[0], max_len=bin_[1])
+            for k, bin_ in enumerate(TEST_BINS)}
+    return train, test
+
+
+def bucketed_batches(task: TranslationTask, pairs: Sequence[SentencePair], batch_size: int
+                     ) -> list[TranslationBatch]:
+    """Batches of sentences of similar source length (less padding, shorter decoder loops)."""
+    check_positive_int("batch_size", batch_size)
+    ordered = sorted(pairs, key=lambda p: len(p.source))
+    return [task.batch(ordered[i:i + batch_size]) for i in range(0, len(ordered), batch_size)]
+# --8<-- [end:benchmark]
