@@ -125,3 +125,24 @@ def test_length_panels_label_the_bins_and_shade_unseen_lengths():
     [shade] = axes[0].patches
     assert shade.get_x() == 15.5 and shade.get_x() + shade.get_width() == 30
     plt.close(fig)
+
+
+def test_in_background_forks_only_with_a_spare_core(monkeypatch, tmp_path):
+    import os
+
+    from attnbook.chapter import Chapter
+
+    ch = Chapter("demo", ["--device", "cpu", "--out", str(tmp_path)])
+    monkeypatch.setenv("ATTNBOOK_CORES", "1")              # the build's share with 2 jobs on 2 cores
+    assert not ch.spare_core()
+    assert ch.in_background(os.getpid)() == os.getpid()    # ran here, at once
+    monkeypatch.setenv("ATTNBOOK_CORES", "2")
+    assert ch.spare_core()
+    wait = ch.in_background(lambda: (os.getpid(), [1.5, 2.5]))
+    child_pid, data = wait()
+    assert child_pid != os.getpid() and data == [1.5, 2.5]
+
+    def broken():
+        raise ValueError("on purpose")
+    with pytest.raises(RuntimeError, match="background work of chapter 'demo' failed"):
+        ch.in_background(broken)()

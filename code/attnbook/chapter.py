@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import re
 import random
@@ -147,6 +148,44 @@ class Chapter:
         raise FileNotFoundError(
             f"chapter '{self.slug}' uses {filename!r} written by chapter '{chapter}', and it is not there yet: "
             f"run {where} first (looked in: {', '.join(str(p) for p in candidates)})")
+
+    def spare_core(self) -> bool:
+        """Whether a second process may run beside this one: on a CPU, with at least two cores
+        for this chapter (the build sets ``ATTNBOOK_CORES`` to each parallel job's share)."""
+        cores = int(os.environ.get("ATTNBOOK_CORES") or os.cpu_count() or 1)
+        return self.device.type == "cpu" and cores >= 2 and "fork" in multiprocessing.get_all_start_methods()
+
+    def in_background(self, work: Callable[[], object]) -> Callable[[], object]:
+        """Start ``work()`` and return a function that waits for its result.
+
+        With a spare core (``spare_core``) ``work`` runs in a forked process while this one
+        goes on; its result travels back pickled, so return plain data (numbers, lists,
+        NumPy arrays: a model as ``{name: tensor.numpy()}``). Otherwise it runs here, at once.
+        The result is the same either way when ``work`` seeds its own randomness.
+        """
+        if not self.spare_core():
+            result = work()
+            return lambda: result
+        context = multiprocessing.get_context("fork")
+        receive, send = context.Pipe(duplex=False)
+
+        def child():
+            send.send(work())
+            send.close()
+
+        process = context.Process(target=child)
+        process.start()
+        send.close()
+
+        def wait():
+            try:
+                result = receive.recv()
+            except EOFError:
+                raise RuntimeError(f"the background work of chapter '{self.slug}' failed "
+                                   f"(exit code {process.exitcode}); its error is printed above") from None
+            process.join()
+            return result
+        return wait
 
     def pick(self, full, quick):
         """``quick`` in quick mode (tests), ``full`` otherwise."""

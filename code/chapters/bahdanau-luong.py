@@ -17,7 +17,6 @@ ch = Chapter("bahdanau-luong")
 
 # %%
 import math
-import multiprocessing
 import time
 
 import matplotlib.pyplot as plt
@@ -136,31 +135,21 @@ def train_model(kind, half_window=HALF_WINDOW, verbose=True):
     return model.eval(), history
 
 
-def _train_in_child(connection, kind, half_window):
-    cpu_start = time.process_time()
-    model, history = train_model(kind, half_window, verbose=False)
-    state = {name: value.cpu().numpy() for name, value in model.state_dict().items()}  # plain arrays
-    connection.send((state, history, time.process_time() - cpu_start))
-    connection.close()
-
-
 def start_training(kind, half_window):
     """Train one more model (exercise 6) while the main loop runs; returns a function that
-    waits for (model, history). On CPU it runs in a forked process, on the core that this
-    one-thread process leaves free, so it adds little to the wall-clock time; the result is
-    the same as training it here (same seed, same batches)."""
-    if ch.device.type != "cpu" or "fork" not in multiprocessing.get_all_start_methods():
-        result = train_model(kind, half_window)
-        return lambda: result
-    context = multiprocessing.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_train_in_child, args=(send, kind, half_window))
-    process.start()
-    send.close()
+    waits for (model, history). With a spare core it trains in a forked process beside this
+    one-thread process, adding little wall-clock time; the result is the same as training it
+    here (same seed, same batches)."""
+    def work():
+        cpu_start = time.process_time()
+        model, history = train_model(kind, half_window, verbose=False)
+        state = {name: value.cpu().numpy() for name, value in model.state_dict().items()}  # plain arrays
+        return state, history, time.process_time() - cpu_start
+
+    pending = ch.in_background(work)
 
     def wait():
-        state, history, cpu_seconds = receive.recv()
-        process.join()
+        state, history, cpu_seconds = pending()
         model = make_model(kind, half_window)
         model.load_state_dict({name: torch.from_numpy(value) for name, value in state.items()})
         report(kind, half_window, history, cpu_seconds)

@@ -16,7 +16,6 @@ from attnbook.chapter import Chapter
 ch = Chapter("transformer")
 
 # %%
-import multiprocessing
 import tempfile
 import time
 from pathlib import Path
@@ -204,24 +203,7 @@ def ln_runs():
     return results
 
 
-def _ln_child(connection):
-    connection.send(ln_runs())
-    connection.close()
-
-
-if ch.device.type == "cpu" and "fork" in multiprocessing.get_all_start_methods():
-    _receive, _send = multiprocessing.get_context("fork").Pipe(duplex=False)
-    _process = multiprocessing.get_context("fork").Process(target=_ln_child, args=(_send,))
-    _process.start()
-    _send.close()
-
-    def wait_for_ln():
-        results = _receive.recv()
-        _process.join()
-        return results
-else:
-    def wait_for_ln():
-        return ln_runs()
+wait_for_ln = ch.in_background(ln_runs)   # on a spare core, while the GRU below trains
 
 # %% [markdown]
 # ## 4. Chapter 3's GRU with the same data, trained with chapter 3's recipe
