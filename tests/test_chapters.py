@@ -30,8 +30,10 @@ def referenced_files(slug: str) -> set[str]:
 
 
 def run_quick(slug: str, out: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
-    env.pop("ATTNBOOK_OUT", None)
+    env = {**os.environ, "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0",
+           "OMP_NUM_THREADS": "1", "ATTNBOOK_CORES": "1"}   # two runs share the two cores
+    for name in ("ATTNBOOK_OUT", "ATTNBOOK_GENERATED", "ATTNBOOK_BUILD"):
+        env.pop(name, None)
     return subprocess.run([sys.executable, str(REPO / "code" / "chapters" / f"{slug}.py"),
                            "--quick", "--device", "cpu", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=600)
@@ -42,16 +44,37 @@ def digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.iterdir()) if p.suffix in FIGURE_SUFFIXES}
 
 
+def in_dependency_order(slugs) -> list[str]:
+    """Chapters after the chapters whose outputs they use (``ch.needs``), else by name."""
+    import build
+
+    layout, done, order = build.Layout(), set(), []
+
+    def visit(slug):
+        if slug not in done:
+            done.add(slug)
+            for needed in build.chapter_needs(layout, slug):
+                visit(needed)
+            order.append(slug)
+    for slug in slugs:
+        visit(slug)
+    return order
+
+
 @pytest.fixture(scope="module")
 def quick_runs(tmp_path_factory):
-    runs = {}
-    for slug in SLUGS:
-        outs = []
-        for attempt in ("first", "second"):
-            out = tmp_path_factory.mktemp(f"{slug}-{attempt}")
-            outs.append((out, run_quick(slug, out)))
-        runs[slug] = outs
-    return runs
+    """Two complete quick runs of the book, side by side (one per core): each writes every
+    chapter into its own folder, in dependency order, so a chapter finds the outputs of the
+    chapters it needs beside its own (``--out <run>/<slug>``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one_run(attempt):
+        root = tmp_path_factory.mktemp(attempt)
+        return {slug: (root / slug, run_quick(slug, root / slug)) for slug in in_dependency_order(SLUGS)}
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first, second = pool.map(one_run, ("first", "second"))
+    return {slug: [first[slug], second[slug]] for slug in SLUGS}
 
 
 def test_there_are_chapters():

@@ -132,15 +132,16 @@ class Chapter:
     def needs(self, chapter: str, filename: str) -> Path:
         """The path of ``filename`` written by another chapter (e.g. chapter 8's trained model).
 
-        Looked for in that chapter's default output folder (``docs/generated/<chapter>/`` in a
-        clone, ``<chapter>-outputs/`` next to a downloaded notebook) and, when this chapter was
-        given ``--out``, in the folder beside it. The build runs ``chapter`` first: it finds
+        Looked for, when this chapter was given ``--out``, in the folder beside it first
+        (``--out runs/inference`` finds ``runs/gpt/``), then in that chapter's default output
+        folder (``docs/generated/<chapter>/`` in a clone, ``<chapter>-outputs/`` next to a
+        downloaded notebook). The build runs ``chapter`` first: it finds
         the ``ch.needs("<chapter>", ...)`` calls in the script.
         """
         built = os.environ.get("ATTNBOOK_GENERATED")  # set by the build: where it keeps outputs
         candidates = [Path(built) / chapter / filename] if built else [default_out(chapter) / filename]
         if self._out_given and self.out.parent / chapter / filename not in candidates:
-            candidates.append(self.out.parent / chapter / filename)
+            candidates.insert(0, self.out.parent / chapter / filename)   # a run of one's own first
         for path in candidates:
             if path.is_file():
                 return path
