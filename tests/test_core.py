@@ -146,3 +146,22 @@ def test_in_background_forks_only_with_a_spare_core(monkeypatch, tmp_path):
         raise ValueError("on purpose")
     with pytest.raises(RuntimeError, match="background work of chapter 'demo' failed"):
         ch.in_background(broken)()
+
+
+def test_a_chapter_script_cannot_import_another_chapter_by_accident():
+    """Chapter 13's script is kernels.py, and transformers probes for an optional package
+    named `kernels`: with the chapters folder on sys.path (as Python puts it for a script),
+    the probe would find, import and run chapter 13 inside another chapter."""
+    import subprocess
+    import sys
+
+    from attnbook.chapter import CHAPTERS
+
+    probe = ("import sys; names = sys.argv[2:]; sys.argv = [sys.argv[1]]; "
+             "sys.path.insert(0, sys.argv[0].rsplit('/', 1)[0]); sys.path.insert(0, ''); "  # script, notebook
+             "import attnbook.chapter, importlib.util; print([importlib.util.find_spec(n) for n in names])")
+    names = sorted(p.stem for p in CHAPTERS.glob("*.py") if p.stem.isidentifier())   # importable names
+    assert names, "every chapter name has a hyphen: nothing to check"
+    out = subprocess.run([sys.executable, "-c", probe, str(CHAPTERS / "low-rank.py"), *names],
+                         capture_output=True, text=True, check=True, cwd=CHAPTERS)   # as the build runs them
+    assert out.stdout.strip() == str([None] * len(names)), out.stdout

@@ -60,7 +60,7 @@ def random_mask(shape, seed=0, p_keep=0.6):
 def self_attention(x, w_q, w_k, w_v, causal=False):
     """x: (batch, seq, d_model) -> (batch, seq, d_v) with one head and no positions."""
     q, k, v = ((x @ w)[:, None] for w in (w_q, w_k, w_v))  # (batch, 1, seq, d)
-    out, _ = scaled_dot_product_attention(q, k, v, causal=causal)
+    out = scaled_dot_product_attention(q, k, v, causal=causal)
     return out[:, 0]
 
 
@@ -68,14 +68,14 @@ def self_attention(x, w_q, w_k, w_v, causal=False):
 
 def test_matches_torch_sdpa_float64():
     q, k, v = make_qkv(d_v=6)
-    ours, _ = scaled_dot_product_attention(q, k, v)
+    ours = scaled_dot_product_attention(q, k, v)
     torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v), rtol=0, atol=TOL64)
 
 
 def test_matches_torch_sdpa_with_boolean_mask_float64():
     q, k, v = make_qkv(q_len=6, k_len=7)
     mask = random_mask((2, 1, 6, 7))  # broadcasts over heads
-    ours, _ = scaled_dot_product_attention(q, k, v, mask)
+    ours = scaled_dot_product_attention(q, k, v, mask)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     torch.testing.assert_close(ours, ref, rtol=0, atol=TOL64)
 
@@ -83,28 +83,28 @@ def test_matches_torch_sdpa_with_boolean_mask_float64():
 def test_matches_torch_sdpa_with_key_padding_mask_float64():
     q, k, v = make_qkv(q_len=6)
     keep = key_padding_to_attn_mask(padding_mask(torch.tensor([6, 3])))  # (2, 1, 1, 6)
-    ours, _ = scaled_dot_product_attention(q, k, v, keep)
+    ours = scaled_dot_product_attention(q, k, v, keep)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
     torch.testing.assert_close(ours, ref, rtol=0, atol=TOL64)
 
 
 def test_matches_torch_sdpa_causal_float64():
     q, k, v = make_qkv(q_len=7)
-    ours, _ = scaled_dot_product_attention(q, k, v, causal=True)
+    ours = scaled_dot_product_attention(q, k, v, causal=True)
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(ours, ref, rtol=0, atol=TOL64)
 
 
 def test_matches_torch_sdpa_with_explicit_scale_float64():
     q, k, v = make_qkv()
-    ours, _ = scaled_dot_product_attention(q, k, v, scale=0.3)
+    ours = scaled_dot_product_attention(q, k, v, scale=0.3)
     ref = F.scaled_dot_product_attention(q, k, v, scale=0.3)
     torch.testing.assert_close(ours, ref, rtol=0, atol=TOL64)
 
 
 def test_grouped_kv_heads_match_torch_enable_gqa_float64():
     q, k, v = make_qkv(heads=6, kv_heads=2)
-    ours, _ = scaled_dot_product_attention(q, k, v, causal=True)
+    ours = scaled_dot_product_attention(q, k, v, causal=True)
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     torch.testing.assert_close(ours, ref, rtol=0, atol=TOL64)
 
@@ -119,7 +119,7 @@ def test_repeat_kv_maps_query_head_h_to_kv_head_h_div_group():
 def test_matches_torch_sdpa_with_bottom_right_causal_mask_when_q_len_differs():
     # With a KV cache, 3 new queries sit at the END of 8 keys: bottom-right alignment.
     q, k, v = make_qkv(q_len=3, k_len=8)
-    ours, _ = scaled_dot_product_attention(q, k, v, causal=True)
+    ours = scaled_dot_product_attention(q, k, v, causal=True)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(3, 8))
     torch.testing.assert_close(ours, ref, rtol=0, atol=TOL64)
 
@@ -131,7 +131,7 @@ def test_torch_is_causal_aligns_top_left_so_it_differs_when_q_len_differs():
     torch_causal = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch_top_left = F.scaled_dot_product_attention(q, k, v, attn_mask=top_left)
     torch.testing.assert_close(torch_causal, torch_top_left, rtol=0, atol=TOL64)
-    ours, _ = scaled_dot_product_attention(q, k, v, causal=True)
+    ours = scaled_dot_product_attention(q, k, v, causal=True)
     assert (ours - torch_causal).abs().max() > 1e-3
 
 
@@ -143,7 +143,7 @@ def test_sdpa_equals_scaled_dot_product_attention(case):
     q, k, v = make_qkv(q_len=q_len, k_len=k_len, **kw)
     mask = random_mask((2, 1, q_len, k_len)) if "mask" in case else None
     causal = "causal" in case or case == "gqa"
-    ours, _ = scaled_dot_product_attention(q, k, v, mask, causal=causal)
+    ours = scaled_dot_product_attention(q, k, v, mask, causal=causal)
     torch.testing.assert_close(sdpa(q, k, v, mask, causal=causal), ours, rtol=0, atol=TOL64)
 
 
@@ -153,7 +153,7 @@ def test_sdpa_equals_scaled_dot_product_attention(case):
 @given(q_len=st.integers(1, 6), k_len=st.integers(1, 6), seed=st.integers(0, 2**16))
 def test_weight_rows_sum_to_one(q_len, k_len, seed):
     q, k, v = make_qkv(q_len=q_len, k_len=k_len, seed=seed)
-    _, weights = scaled_dot_product_attention(q, k, v, random_mask((2, 4, q_len, k_len), seed))
+    _, weights = scaled_dot_product_attention(q, k, v, random_mask((2, 4, q_len, k_len), seed), return_weights=True)
     # float64 sum of <= 6 terms of size <= 1: rounding is a few ulps.
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, q_len, dtype=F64), rtol=0, atol=TOL64)
     assert (weights >= 0).all()
@@ -162,7 +162,7 @@ def test_weight_rows_sum_to_one(q_len, k_len, seed):
 def test_masked_keys_get_exactly_zero_weight():
     q, k, v = make_qkv(q_len=6, k_len=9)
     mask = random_mask((2, 4, 6, 9), p_keep=0.4)
-    _, weights = scaled_dot_product_attention(q, k, v, mask)
+    _, weights = scaled_dot_product_attention(q, k, v, mask, return_weights=True)
     assert torch.all(weights[~mask] == 0)  # exactly: exp(-inf) is 0
     assert torch.all(weights[mask] > 0)
 
@@ -171,13 +171,13 @@ def test_fully_masked_row_gives_zero_weights_and_zero_output():
     q, k, v = make_qkv(q_len=4, k_len=5)
     mask = torch.ones(4, 5, dtype=torch.bool)
     mask[2] = False  # query 2 may attend nothing
-    out, weights = scaled_dot_product_attention(q, k, v, mask)
+    out, weights = scaled_dot_product_attention(q, k, v, mask, return_weights=True)
     assert torch.all(weights[..., 2, :] == 0)
     assert torch.all(out[..., 2, :] == 0)
     assert torch.isfinite(out).all()
     # the other rows are untouched: they equal attention with those rows alone
     rest = [0, 1, 3]
-    ref, _ = scaled_dot_product_attention(q[..., rest, :], k, v)
+    ref = scaled_dot_product_attention(q[..., rest, :], k, v)
     torch.testing.assert_close(out[..., rest, :], ref, rtol=0, atol=0)
 
 
@@ -190,12 +190,12 @@ def test_fully_masked_row_in_sdpa_is_zero_too():
 
 def test_dropout_returns_pre_dropout_weights_that_sum_to_one():
     q, k, v = make_qkv(q_len=6)
-    _, clean = scaled_dot_product_attention(q, k, v)
+    _, clean = scaled_dot_product_attention(q, k, v, return_weights=True)
     out, weights = scaled_dot_product_attention(q, k, v, dropout_p=0.5,
-                                                generator=torch.Generator().manual_seed(1))
+                                                generator=torch.Generator().manual_seed(1), return_weights=True)
     assert torch.equal(weights, clean)
     torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights[..., 0]), rtol=0, atol=TOL64)
-    out_again, _ = scaled_dot_product_attention(q, k, v, dropout_p=0.5,
+    out_again = scaled_dot_product_attention(q, k, v, dropout_p=0.5,
                                                 generator=torch.Generator().manual_seed(1))
     assert torch.equal(out, out_again)  # the generator makes dropout reproducible
     assert not torch.allclose(out, clean @ v)  # and dropout did change the output
@@ -333,7 +333,7 @@ def test_gradcheck_float64(causal):
     mask = random_mask((1, 1, 3, 4), seed=3)
 
     def attention_output(q, k, v):
-        return scaled_dot_product_attention(q, k, v, mask, causal=causal)[0]
+        return scaled_dot_product_attention(q, k, v, mask, causal=causal)
 
     assert torch.autograd.gradcheck(attention_output, (q, k, v))
 

@@ -47,8 +47,8 @@ BLOCKS = [(1, 1), (4, 7), (16, 16), (5, 64), (37, 37), (64, 128)]  # incl. non-d
 @pytest.mark.parametrize("block_q,block_k", BLOCKS)
 def test_tiled_attention_equals_naive_attention_for_any_block_size(causal, block_q, block_k):
     q, k, v = qkv()
-    out, _ = flash_attention(q, k, v, causal=causal, block_q=block_q, block_k=block_k)
-    expected, _ = scaled_dot_product_attention(q, k, v, causal=causal)
+    out = flash_attention(q, k, v, causal=causal, block_q=block_q, block_k=block_k)
+    expected = scaled_dot_product_attention(q, k, v, causal=causal)
     torch.testing.assert_close(out, expected, **EXACT)
 
 
@@ -57,15 +57,15 @@ def test_tiled_attention_equals_naive_attention_for_any_block_size(causal, block
 def test_tiled_attention_equals_naive_attention_when_q_len_differs_from_k_len(causal, block_q,
                                                                               block_k):
     q, k, v = qkv(q_len=20, k_len=53, v_dim=5)   # fewer queries than keys, as with a KV cache
-    out, _ = flash_attention(q, k, v, causal=causal, block_q=block_q, block_k=block_k)
-    expected, _ = scaled_dot_product_attention(q, k, v, causal=causal)
+    out = flash_attention(q, k, v, causal=causal, block_q=block_q, block_k=block_k)
+    expected = scaled_dot_product_attention(q, k, v, causal=causal)
     torch.testing.assert_close(out, expected, **EXACT)
 
 
 def test_more_queries_than_keys_works_without_causal_mask():
     q, k, v = qkv(q_len=50, k_len=9)
-    out, _ = flash_attention(q, k, v, block_q=16, block_k=4)
-    torch.testing.assert_close(out, scaled_dot_product_attention(q, k, v)[0], **EXACT)
+    out = flash_attention(q, k, v, block_q=16, block_k=4)
+    torch.testing.assert_close(out, scaled_dot_product_attention(q, k, v), **EXACT)
 
 
 @settings(max_examples=25, deadline=None)
@@ -75,31 +75,31 @@ def test_tiled_attention_equals_naive_attention_property(q_len, extra_keys, bloc
                                                          seed):
     q, k, v = qkv(batch=1, heads=2, q_len=q_len, k_len=q_len + extra_keys, dim=4, v_dim=3,
                   seed=seed)
-    out, _ = flash_attention(q, k, v, causal=causal, block_q=block_q, block_k=block_k)
-    expected, _ = scaled_dot_product_attention(q, k, v, causal=causal)
+    out = flash_attention(q, k, v, causal=causal, block_q=block_q, block_k=block_k)
+    expected = scaled_dot_product_attention(q, k, v, causal=causal)
     torch.testing.assert_close(out, expected, **EXACT)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_logsumexp_equals_torch_logsumexp_of_the_scaled_scores(causal):
     q, k, v = qkv(q_len=29, k_len=41)
-    _, lse = flash_attention(q, k, v, causal=causal, block_q=8, block_k=16)
+    _, lse = flash_attention(q, k, v, causal=causal, block_q=8, block_k=16, return_lse=True)
     assert lse.shape == (2, 3, 29)
     torch.testing.assert_close(lse, torch.logsumexp(scaled_scores(q, k, causal), dim=-1), **EXACT)
 
 
 def test_explicit_scale_is_used_instead_of_one_over_sqrt_d():
     q, k, v = qkv()
-    out, lse = flash_attention(q, k, v, scale=0.3, block_q=8, block_k=8)
-    torch.testing.assert_close(out, scaled_dot_product_attention(q, k, v, scale=0.3)[0], **EXACT)
+    out, lse = flash_attention(q, k, v, scale=0.3, block_q=8, block_k=8, return_lse=True)
+    torch.testing.assert_close(out, scaled_dot_product_attention(q, k, v, scale=0.3), **EXACT)
     expected_lse = torch.logsumexp(scaled_scores(q, k, False, 0.3), dim=-1)
     torch.testing.assert_close(lse, expected_lse, **EXACT)
 
 
 def test_grouped_kv_heads_equal_repeated_kv_heads():
     q, k, v = qkv(heads=4, kv_heads=2)
-    out, _ = flash_attention(q, k, v, causal=True, block_q=8, block_k=8)
-    expected, _ = scaled_dot_product_attention(q, k, v, causal=True)  # repeats kv heads itself
+    out = flash_attention(q, k, v, causal=True, block_q=8, block_k=8)
+    expected = scaled_dot_product_attention(q, k, v, causal=True)  # repeats kv heads itself
     torch.testing.assert_close(out, expected, **EXACT)
 
 
@@ -120,7 +120,8 @@ def test_gradients_equal_autograd_through_the_naive_form(causal):
         scores = scaled_scores(q, k, causal)
         return torch.softmax(scores, dim=-1) @ v, torch.logsumexp(scores, dim=-1)
 
-    tiled = grads(lambda q, k, v: flash_attention(q, k, v, causal=causal, block_q=6, block_k=9))
+    tiled = grads(lambda q, k, v: flash_attention(q, k, v, causal=causal, block_q=6, block_k=9,
+                                                  return_lse=True))
     for got, expected in zip(tiled, grads(naive)):
         torch.testing.assert_close(got, expected, **EXACT)
 
@@ -129,7 +130,8 @@ def test_gradients_equal_autograd_through_the_naive_form(causal):
 def test_gradcheck_passes(causal):
     q, k, v = (x.requires_grad_() for x in qkv(batch=1, heads=2, q_len=7, k_len=10, dim=4, v_dim=3))
     assert torch.autograd.gradcheck(
-        lambda q, k, v: flash_attention(q, k, v, causal=causal, block_q=3, block_k=4), (q, k, v)
+        lambda q, k, v: flash_attention(q, k, v, causal=causal, block_q=3, block_k=4, return_lse=True),
+        (q, k, v),
     )
 
 
@@ -150,10 +152,10 @@ def test_float32_error_is_at_most_twice_that_of_float32_naive_attention(causal, 
         return [out.double()] + [x.grad.double() for x in inputs]
 
     def naive(q, k, v):
-        return scaled_dot_product_attention(q, k, v, causal=causal)[0]
+        return scaled_dot_product_attention(q, k, v, causal=causal)
 
     def tiled_fn(q, k, v):
-        return flash_attention(q, k, v, causal, None, block_q, block_k)[0]
+        return flash_attention(q, k, v, causal=causal, block_q=block_q, block_k=block_k)
 
     reference, plain = run(naive, torch.float64), run(naive, torch.float32)
     tiled = run(tiled_fn, torch.float32)
@@ -181,12 +183,107 @@ def test_forward_and_backward_never_create_a_tensor_as_large_as_the_score_matrix
     batch, heads, n, dim, block = 1, 2, 1024, 16, 64
     q, k, v = (x.requires_grad_() for x in qkv(batch, heads, n, n, dim, dim, dtype=torch.float32))
     with LargestTensor() as probe:
-        out, _ = flash_attention(q, k, v, causal=causal, block_q=block, block_k=block)
+        out = flash_attention(q, k, v, causal=causal, block_q=block, block_k=block)
         out.sum().backward()
     # Linear memory: nothing bigger than one (block × block) tile or one (n × d) matrix per
     # head, while the naive scores alone hold batch·heads·n·n elements (64 times more here).
     assert probe.largest <= batch * heads * max(block * block, n * dim)
     assert probe.largest * 64 <= batch * heads * n * n
+
+
+# ---------------------------------------------------------------- key padding
+# Documents of different lengths in one batch: each is checked against dense attention
+# with the same key padding mask. A sequence that is all padding (length 0) has queries
+# that see no key: dense attention gives them zeros, and so must the tiles.
+
+
+def padding(lengths, k_len, *, left=()):
+    """(batch, k_len) boolean, True = real key; sequences listed in ``left`` padded on the left."""
+    keep = torch.arange(k_len)[None, :] < torch.tensor(lengths)[:, None]
+    for b in left:
+        keep[b] = keep[b].flip(0)
+    return keep
+
+
+def dense_padded(q, k, v, keep, causal):
+    return scaled_dot_product_attention(q, k, v, keep[:, None, None, :], causal=causal)
+
+
+@settings(max_examples=25, deadline=None)
+@given(q_len=st.integers(1, 24), extra_keys=st.integers(0, 12), block_q=st.integers(1, 9),
+       block_k=st.integers(1, 9), causal=st.booleans(), data=st.data(), seed=st.integers(0, 999))
+def test_key_padding_equals_dense_masked_attention_property(q_len, extra_keys, block_q, block_k,
+                                                            causal, data, seed):
+    k_len = q_len + extra_keys
+    lengths = data.draw(st.lists(st.integers(0, k_len), min_size=2, max_size=2))
+    left = data.draw(st.lists(st.integers(0, 1), max_size=2, unique=True))
+    keep = padding(lengths, k_len, left=left)
+    q, k, v = qkv(batch=2, heads=2, q_len=q_len, k_len=k_len, dim=4, v_dim=3, seed=seed)
+    out, lse = flash_attention(q, k, v, causal=causal, key_padding_mask=keep, block_q=block_q,
+                               block_k=block_k, return_lse=True)
+    torch.testing.assert_close(out, dense_padded(q, k, v, keep, causal), **EXACT)
+    scores = scaled_scores(q, k, causal).masked_fill(~keep[:, None, None, :], -math.inf)
+    torch.testing.assert_close(lse, torch.logsumexp(scores, dim=-1), **EXACT)  # -inf where empty
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_key_padding_gradients_equal_dense_masked_gradients(causal):
+    keep = padding([37, 20, 0], 37, left=[1])  # full, left-padded, all padding
+    q, k, v = qkv(batch=3, q_len=29, k_len=37)
+    grad_out = torch.randn(3, 3, 29, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def grads(fn):
+        inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+        out = fn(*inputs)
+        return [out, *torch.autograd.grad(out, inputs, grad_out)]
+
+    tiled = grads(lambda q, k, v: flash_attention(q, k, v, causal=causal, key_padding_mask=keep,
+                                                  block_q=6, block_k=5))
+    dense = grads(lambda q, k, v: dense_padded(q, k, v, keep, causal))
+    for name, ours, expected in zip(["out", "dq", "dk", "dv"], tiled, dense):
+        torch.testing.assert_close(ours, expected, **EXACT, msg=name)
+    assert torch.equal(tiled[0][2], torch.zeros_like(tiled[0][2]))  # all padding: zeros
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_key_padding_passes_gradcheck(causal):
+    # Left padding under the causal mask would leave query 0 of sequence 1 with no key (an
+    # lse of -inf, which finite differences cannot handle), so the causal case pads right.
+    keep = padding([10, 6], 10, left=[] if causal else [1])
+    q, k, v = (x.requires_grad_() for x in qkv(batch=2, heads=1, q_len=7, k_len=10, dim=3, v_dim=2))
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: flash_attention(q, k, v, causal=causal, key_padding_mask=keep, block_q=3,
+                                        block_k=4, return_lse=True), (q, k, v))
+    # A sequence of padding only: its logsumexp is -inf (no finite difference), its output 0.
+    empty = padding([10, 0], 10)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: flash_attention(q, k, v, causal=causal, key_padding_mask=empty, block_q=3,
+                                        block_k=4), (q, k, v))
+
+
+def test_padded_keys_get_no_gradient_and_do_not_change_the_output():
+    keep = padding([12, 30], 30)
+    q, k, v = (x.requires_grad_() for x in qkv(batch=2, q_len=30, k_len=30))
+    out = flash_attention(q, k, v, key_padding_mask=keep, block_q=8, block_k=8)
+    out.sum().backward()
+    assert torch.equal(k.grad[0, :, 12:], torch.zeros_like(k.grad[0, :, 12:]))
+    assert torch.equal(v.grad[0, :, 12:], torch.zeros_like(v.grad[0, :, 12:]))
+    short = flash_attention(q[:1], k[:1, :, :12], v[:1, :, :12], block_q=8, block_k=8)
+    torch.testing.assert_close(out[:1], short, **EXACT)
+
+
+def test_bad_key_padding_masks_are_rejected_by_name():
+    q, k, v = qkv(q_len=5, k_len=9)
+    with pytest.raises(ValueError, match="key_padding_mask must have shape"):
+        flash_attention(q, k, v, key_padding_mask=torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="key_padding_mask must be boolean"):
+        flash_attention(q, k, v, key_padding_mask=torch.ones(2, 9))
+
+
+def test_options_are_keyword_only():
+    q, k, v = qkv()
+    with pytest.raises(TypeError):
+        flash_attention(q, k, v, True)
 
 
 @pytest.mark.parametrize("block", [0, -3])
@@ -227,29 +324,33 @@ def test_integer_inputs_are_refused():
 def test_standard_attention_moves_four_nd_plus_four_n_squared_elements():
     # Algorithm 0: read Q, K, write S; read S, write P; read P, V, write O.
     n, d = 1000, 64
-    assert hbm_accesses_standard(n, d)["total"] == 4 * n * d + 4 * n * n
+    assert hbm_accesses_standard(seq_len=n, head_dim=d)["total"] == 4 * n * d + 4 * n * n
 
 
 def test_flash_block_sizes_follow_algorithm_1():
-    assert flash_block_sizes(64, 100_000) == (64, 391)   # B_c = ceil(M/4d) = 391, B_r = min(B_c, d)
-    assert flash_block_sizes(64, 1024) == (4, 4)
+    # B_c = ceil(M/4d) = 391, B_r = min(B_c, d)
+    assert flash_block_sizes(head_dim=64, sram_size=100_000) == (64, 391)
+    assert flash_block_sizes(head_dim=64, sram_size=1024) == (4, 4)
 
 
 def test_flash_hbm_accesses_fall_as_sram_grows_and_beat_standard_attention():
     n, d = 4096, 64
-    totals = [hbm_accesses_flash(n, d, m)["total"] for m in (4096, 16384, 65536, 262144)]
+    totals = [hbm_accesses_flash(seq_len=n, head_dim=d, sram_size=m)["total"] for m in (4096, 16384, 65536,
+                                                                                        262144)]
     assert totals == sorted(totals, reverse=True)
-    assert totals[-1] < hbm_accesses_standard(n, d)["total"] / 5
+    assert totals[-1] < hbm_accesses_standard(seq_len=n, head_dim=d)["total"] / 5
 
 
 def test_flash_hbm_accesses_grow_as_n_squared_d_squared_over_m():
     # Theorem 2: Θ(N²d²/M). Doubling N quadruples the count; doubling M halves it
     # (up to the linear terms, hence the 1% tolerance at these sizes).
-    base = hbm_accesses_flash(2**14, 64, 2**14)["total"]
-    assert hbm_accesses_flash(2**15, 64, 2**14)["total"] / base == pytest.approx(4, rel=0.01)
-    assert hbm_accesses_flash(2**14, 64, 2**15)["total"] / base == pytest.approx(0.5, rel=0.01)
+    base = hbm_accesses_flash(seq_len=2**14, head_dim=64, sram_size=2**14)["total"]
+    assert hbm_accesses_flash(seq_len=2**15, head_dim=64,
+                              sram_size=2**14)["total"] / base == pytest.approx(4, rel=0.01)
+    assert hbm_accesses_flash(seq_len=2**14, head_dim=64,
+                              sram_size=2**15)["total"] / base == pytest.approx(0.5, rel=0.01)
 
 
 def test_sram_must_hold_a_row():
     with pytest.raises(ValueError, match="sram_size"):
-        hbm_accesses_flash(1024, 64, 32)
+        hbm_accesses_flash(seq_len=1024, head_dim=64, sram_size=32)

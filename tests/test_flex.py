@@ -58,7 +58,7 @@ def band_mask(q_len, k_len, window, causal):
 @needs_flex
 def test_no_mods_equal_plain_attention():
     q, k, v = qkv()
-    expected, _ = scaled_dot_product_attention(q, k, v)
+    expected = scaled_dot_product_attention(q, k, v)
     torch.testing.assert_close(flex_attention(q, k, v), expected, **EXACT)
 
 
@@ -67,7 +67,7 @@ def test_no_mods_equal_plain_attention():
 def test_causal_block_mask_equals_dense_causal_attention(q_len, k_len):
     q, k, v = qkv(q_len=q_len, k_len=k_len)
     block_mask = make_block_mask(causal_mask_mod(q_len, k_len), q_len, k_len, block_size=16)
-    expected, _ = scaled_dot_product_attention(q, k, v, causal=True)
+    expected = scaled_dot_product_attention(q, k, v, causal=True)
     torch.testing.assert_close(flex_attention(q, k, v, block_mask=block_mask), expected, **EXACT)
 
 
@@ -78,7 +78,7 @@ def test_sliding_window_block_mask_equals_dense_band_masked_attention(window, ca
     q, k, v = qkv()
     mask_mod = sliding_window_mask_mod(window, 48, 48, causal=causal)
     block_mask = make_block_mask(mask_mod, 48, 48, block_size=16)
-    expected, _ = scaled_dot_product_attention(q, k, v, band_mask(48, 48, window, causal))
+    expected = scaled_dot_product_attention(q, k, v, band_mask(48, 48, window, causal))
     torch.testing.assert_close(flex_attention(q, k, v, block_mask=block_mask), expected, **EXACT)
 
 
@@ -89,7 +89,7 @@ def test_alibi_score_mod_equals_dense_alibi_bias(q_len):
     score_mod = alibi_score_mod(4, q_len, 48, dtype=torch.float64)
     block_mask = make_block_mask(causal_mask_mod(q_len, 48), q_len, 48, block_size=16)
     bias = alibi_bias(4, q_len, 48, dtype=torch.float64)                 # (heads, q_len, k_len)
-    expected, _ = attention_with_bias(q, k, v, bias, causal=True)
+    expected = attention_with_bias(q, k, v, bias, causal=True)
     got = flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask)
     torch.testing.assert_close(got, expected, **EXACT)
 

@@ -94,6 +94,11 @@ def test_top_p_keeps_the_smallest_nucleus():
     assert kept(0.8) == [False, True, True, True, False]      # 0.5 + 0.25 + 0.125
     assert kept(0.01) == [False, True, False, False, False]   # the top token is always kept
     assert all(kept(1.0))
+    # float32: the cumulative sum reaches exactly 1.0 after the first token (e^-30 is below
+    # float32 resolution next to 1), yet p = 1 must keep every token of non-zero probability
+    assert torch.isfinite(top_p_filter(torch.tensor([[30., 0, 0, 0]]), 1.0)).all()
+    assert torch.isfinite(top_p_filter(torch.randn(5, 66, generator=torch.Generator().manual_seed(0)) * 5,
+                                       1.0)).all()
 
 
 logit_rows = st.lists(st.floats(-6.0, 6.0), min_size=2, max_size=12)

@@ -124,9 +124,9 @@ def test_grouped_einsum_equals_repeated_kv_heads(kv_heads):
     q, k, v = qkv(kv_heads=kv_heads)
     mask = torch.rand(2, 1, 5, 7, generator=torch.Generator().manual_seed(3)) > 0.3
     mask[..., 0] = True  # every query keeps at least one key
-    out, weights = grouped_query_attention(q, k, v, mask, causal=True)
+    out, weights = grouped_query_attention(q, k, v, mask, causal=True, return_weights=True)
     k_copies, v_copies = repeat_kv(k, 4), repeat_kv(v, 4)
-    ref_out, ref_weights = scaled_dot_product_attention(q, k_copies, v_copies, mask, causal=True)
+    ref_out, ref_weights = scaled_dot_product_attention(q, k_copies, v_copies, mask, causal=True, return_weights=True)
     torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-12)  # float64, sums in another order
     torch.testing.assert_close(weights, ref_weights, rtol=0, atol=1e-12)
 
@@ -134,7 +134,7 @@ def test_grouped_einsum_equals_repeated_kv_heads(kv_heads):
 def test_grouped_einsum_equals_torch_enable_gqa():
     q, k, v = qkv()
     expected = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-    out, _ = grouped_query_attention(q, k, v)
+    out = grouped_query_attention(q, k, v)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)  # float64 round-off
 
 
@@ -143,7 +143,7 @@ def test_grouped_einsum_equals_torch_enable_gqa():
        extra_keys=st.integers(0, 4), causal=st.booleans(), seed=st.integers(0, 2**16))
 def test_gqa_weights_rows_sum_to_one(groups, per_group, q_len, extra_keys, causal, seed):
     q, k, v = qkv(groups * per_group, groups, q_len, q_len + extra_keys, seed=seed)
-    _, weights = grouped_query_attention(q, k, v, causal=causal)
+    _, weights = grouped_query_attention(q, k, v, causal=causal, return_weights=True)
     ones = torch.ones_like(weights[..., 0])
     torch.testing.assert_close(weights.sum(-1), ones, rtol=0, atol=1e-12)  # float64 round-off
     assert (weights >= 0).all()
@@ -152,7 +152,7 @@ def test_gqa_weights_rows_sum_to_one(groups, per_group, q_len, extra_keys, causa
 def test_gradcheck_grouped_query_attention_float64():
     q, k, v = (t.requires_grad_() for t in qkv(heads=2, kv_heads=1, q_len=3, k_len=4))
     def attend(q, k, v):
-        return grouped_query_attention(q, k, v, causal=True)[0]
+        return grouped_query_attention(q, k, v, causal=True)
 
     assert torch.autograd.gradcheck(attend, (q, k, v))
 

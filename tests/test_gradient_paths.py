@@ -43,7 +43,7 @@ def test_matches_the_full_jacobian_of_an_attention_layer():
 
     def layer(x):  # one-head self-attention, (batch, seq, 4) -> (batch, seq, 3)
         q, k, v = ((x @ w)[:, None] for w in (w_q, w_k, w_v))
-        return scaled_dot_product_attention(q, k, v)[0][:, 0]
+        return scaled_dot_product_attention(q, k, v)[:, 0]
 
     x = randn(2, 5, 4, seed=6)
     norms = input_jacobian_norms(layer, x, position=-1)

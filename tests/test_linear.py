@@ -50,21 +50,21 @@ def test_elu_feature_map_stays_positive_where_elu_plus_one_rounds_to_zero():
 
 def test_noncausal_linear_attention_equals_quadratic_form():
     q, k, v = random_qkv()
-    reference, _ = linear_attention_quadratic(q, k, v)
+    reference = linear_attention_quadratic(q, k, v)
     torch.testing.assert_close(linear_attention(q, k, v), reference, **TIGHT)
 
 
 def test_noncausal_linear_attention_handles_cross_attention_lengths():
     q, _, _ = random_qkv(n=5, seed=1)
     _, k, v = random_qkv(n=11, seed=2)
-    reference, weights = linear_attention_quadratic(q, k, v)
+    reference, weights = linear_attention_quadratic(q, k, v, return_weights=True)
     assert weights.shape == (2, 3, 5, 11)
     torch.testing.assert_close(linear_attention(q, k, v), reference, **TIGHT)
 
 
 def test_causal_linear_attention_equals_masked_quadratic_form():
     q, k, v = random_qkv()
-    reference, _ = linear_attention_quadratic(q, k, v, causal=True)
+    reference = linear_attention_quadratic(q, k, v, causal=True)
     torch.testing.assert_close(linear_attention(q, k, v, causal=True), reference, **TIGHT)
 
 
@@ -76,7 +76,7 @@ def test_causal_linear_attention_equals_its_recurrence():
 
 def test_prefix_sum_form_equals_masked_quadratic_form():
     q, k, v = random_qkv()
-    reference, _ = linear_attention_quadratic(q, k, v, causal=True)
+    reference = linear_attention_quadratic(q, k, v, causal=True)
     prefix = causal_kernelized_attention_prefix_sum(elu_feature_map(q), elu_feature_map(k), v)
     torch.testing.assert_close(prefix, reference, **TIGHT)
 
@@ -95,7 +95,7 @@ def test_chunked_causal_equals_unchunked(form, chunk_size):
 
 def test_causal_quadratic_weights_are_lower_triangular_and_normalised():
     q, k, v = random_qkv(n=9)
-    _, weights = linear_attention_quadratic(q, k, v, causal=True)
+    _, weights = linear_attention_quadratic(q, k, v, causal=True, return_weights=True)
     assert bool((weights.triu(diagonal=1) == 0).all())
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 9, dtype=torch.float64), **TIGHT)
 

@@ -24,8 +24,8 @@ def random_qkv(batch=2, heads=3, n=12, d=4, seed=0, dtype=torch.float64):
 def test_identity_projections_give_full_attention():
     q, k, v = random_qkv()
     identity = torch.eye(12, dtype=torch.float64)  # k = n, E = F = I
-    full, full_weights = scaled_dot_product_attention(q, k, v)
-    out, weights = linformer_attention(q, k, v, identity, identity)
+    full, full_weights = scaled_dot_product_attention(q, k, v, return_weights=True)
+    out, weights = linformer_attention(q, k, v, identity, identity, return_weights=True)
     torch.testing.assert_close(out, full, **TIGHT)
     torch.testing.assert_close(weights, full_weights, **TIGHT)
 
@@ -37,7 +37,7 @@ def test_mean_projection_gives_the_mean_of_the_values(seed, n):
     # over a single score is 1, so every query returns mean(V) whatever q and k are.
     q, k, v = random_qkv(n=n, seed=seed)
     averaging = torch.full((1, n), 1.0 / n, dtype=torch.float64)
-    out, _ = linformer_attention(q, k, v, averaging, averaging)
+    out = linformer_attention(q, k, v, averaging, averaging)
     torch.testing.assert_close(out, v.mean(dim=2, keepdim=True).expand_as(v), **TIGHT)
 
 
@@ -45,7 +45,7 @@ def test_mean_projection_gives_the_mean_of_the_values(seed, n):
 def test_scores_are_n_by_k(n):
     q, k, v = random_qkv(batch=1, heads=2, n=n)
     e_proj = make_linformer_projection(n, 8).detach().double()
-    _, weights = linformer_attention(q, k, v, e_proj, e_proj)
+    _, weights = linformer_attention(q, k, v, e_proj, e_proj, return_weights=True)
     assert weights.shape == (1, 2, n, 8)  # (batch, heads, n, k): grows linearly in n
 
 
@@ -62,7 +62,7 @@ def test_no_n_by_n_tensor_is_saved_for_backward():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        linformer_attention(q, k, v, e_proj, e_proj)[0].sum().backward()
+        linformer_attention(q, k, v, e_proj, e_proj).sum().backward()
     assert max(sizes) < 256 * 256 // 8
 
 
@@ -70,10 +70,10 @@ def test_per_head_projections_equal_a_loop_over_heads():
     q, k, v = random_qkv()
     g = torch.Generator().manual_seed(1)
     e_proj, f_proj = (torch.randn(3, 5, 12, generator=g, dtype=torch.float64) for _ in range(2))
-    batched, _ = linformer_attention(q, k, v, e_proj, f_proj)
+    batched = linformer_attention(q, k, v, e_proj, f_proj)
     for h in range(3):
         one = slice(h, h + 1)
-        single, _ = linformer_attention(q[:, one], k[:, one], v[:, one], e_proj[h], f_proj[h])
+        single = linformer_attention(q[:, one], k[:, one], v[:, one], e_proj[h], f_proj[h])
         torch.testing.assert_close(batched[:, one], single, **TIGHT)
 
 
@@ -84,9 +84,9 @@ def test_padded_keys_and_values_change_nothing():
     keep = torch.tensor([[True] * 9 + [False] * 3])
     garbage_k, garbage_v = k.clone(), v.clone()
     garbage_k[:, :, 9:], garbage_v[:, :, 9:] = 50.0, -50.0
-    padded, _ = linformer_attention(q, garbage_k, garbage_v, e_proj, f_proj, key_padding_mask=keep)
+    padded = linformer_attention(q, garbage_k, garbage_v, e_proj, f_proj, key_padding_mask=keep)
     # the same queries over the 9 real keys only, with the projections' first 9 columns
-    short, _ = linformer_attention(q, k[:, :, :9], v[:, :, :9], e_proj[:, :9], f_proj[:, :9])
+    short = linformer_attention(q, k[:, :, :9], v[:, :, :9], e_proj[:, :9], f_proj[:, :9])
     torch.testing.assert_close(padded, short, **TIGHT)
 
 
@@ -149,7 +149,7 @@ def test_linformer_attention_gradcheck():
     f_proj = torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
     keep = torch.tensor([[True, True, True, True, False]])
     assert torch.autograd.gradcheck(
-        lambda *args: linformer_attention(*args, key_padding_mask=keep)[0],
+        lambda *args: linformer_attention(*args, key_padding_mask=keep),
         (q, k, v, e_proj, f_proj))
 
 

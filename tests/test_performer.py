@@ -145,7 +145,7 @@ def test_attention_error_falls_as_features_grow():
     # other data and seed sets the error fell 7-9× from m = 16 to 256; we ask for 3×.
     # (iid features improve too, but their heavy-tailed errors need more seeds.)
     q, k, v = random_qkv(heads=1, n=64, d=16, scale=0.5)
-    exact, _ = scaled_dot_product_attention(q, k, v)
+    exact = scaled_dot_product_attention(q, k, v)
 
     def mean_squared_error(m):
         errors = [(performer_attention(q, k, v, draw(m, 16, seed)) - exact).pow(2).mean()
@@ -182,7 +182,7 @@ def test_trigonometric_attention_weights_can_be_negative():
     # φ(q_i)ᵀφ(k_j)/Σ_j' of the trigonometric map have negative entries.
     q, k, v = random_qkv(heads=1, n=16, d=4, scale=1.5)
     phi_q, phi_k = performer_feature_maps(q, k, draw(4, 4, 0), features="trigonometric")
-    _, weights = kernelized_attention_quadratic(phi_q, phi_k, v)
+    _, weights = kernelized_attention_quadratic(phi_q, phi_k, v, return_weights=True)
     assert float(weights.min()) < 0
 
 
@@ -245,7 +245,7 @@ def test_causal_last_row_equals_the_noncausal_row():
 def test_causal_performer_equals_the_masked_quadratic_form():
     q, k, v = random_qkv(n=11)
     phi_q, phi_k = performer_feature_maps(q, k, draw(32, 4, 0))
-    expected, _ = kernelized_attention_quadratic(phi_q, phi_k, v, causal=True)
+    expected = kernelized_attention_quadratic(phi_q, phi_k, v, causal=True)
     got = performer_attention(q, k, v, draw(32, 4, 0), causal=True, chunk_size=4)
     torch.testing.assert_close(got, expected, **TIGHT)
     unchunked = causal_kernelized_attention(phi_q, phi_k, v, chunk_size=11)

@@ -116,8 +116,8 @@ def test_shaw_with_zero_relative_embeddings_equals_plain_attention():
     zeros = torch.zeros(2 * 2 + 1, 4, dtype=F64)
     mask = torch.rand(2, 1, 5, 5, generator=torch.Generator().manual_seed(0)) > 0.3
     for causal in (False, True):
-        out, weights = shaw_attention(q, k, v, zeros, zeros, mask, causal=causal)
-        ref_out, ref_weights = scaled_dot_product_attention(q, k, v, mask, causal=causal)
+        out, weights = shaw_attention(q, k, v, zeros, zeros, mask, causal=causal, return_weights=True)
+        ref_out, ref_weights = scaled_dot_product_attention(q, k, v, mask, causal=causal, return_weights=True)
         torch.testing.assert_close(out, ref_out, **EXACT)
         torch.testing.assert_close(weights, ref_weights, **EXACT)
 
@@ -125,7 +125,7 @@ def test_shaw_with_zero_relative_embeddings_equals_plain_attention():
 def test_shaw_attention_follows_its_equations_pair_by_pair():
     q, k, v = randn(1, 2, 4, 3, seed=1), randn(1, 2, 4, 3, seed=2), randn(1, 2, 4, 3, seed=3)
     w_key, w_value, max_distance = randn(5, 3, seed=4), randn(5, 3, seed=5), 2
-    out, _ = shaw_attention(q, k, v, w_key, w_value)
+    out = shaw_attention(q, k, v, w_key, w_value)
     expected = torch.empty_like(out)
     for h in range(2):
         for i in range(4):  # Shaw Eqs. 3-7, one pair at a time
@@ -159,9 +159,10 @@ def test_shaw_module_shares_its_tables_across_heads_and_supports_grouped_kv():
     torch.manual_seed(0)
     layer = ShawRelativePosition(head_dim=4, max_distance=2, dtype=F64)
     q, k, v = randn(2, 4, 5, 4, seed=1), randn(2, 2, 5, 4, seed=2), randn(2, 2, 5, 4, seed=3)
-    out, weights = layer(q, k, v, causal=True)
+    out, weights = layer(q, k, v, causal=True, return_weights=True)
     expected = shaw_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
-                              layer.rel_key_table, layer.rel_value_table, causal=True)
+                              layer.rel_key_table, layer.rel_value_table, causal=True,
+                              return_weights=True)
     torch.testing.assert_close((out, weights), expected, **EXACT)
 
 
@@ -224,8 +225,8 @@ def test_t5_bias_is_toeplitz_per_head_and_aligned_bottom_right():
 def test_t5_bias_starts_as_plain_attention_and_learns():
     layer = T5RelativePositionBias(num_heads=2, dtype=F64)
     q, k, v = randn(1, 2, 5, 4, seed=1), randn(1, 2, 5, 4, seed=2), randn(1, 2, 5, 4, seed=3)
-    out, _ = attention_with_bias(q, k, v, layer(5), scale=1.0)  # T5 does not scale by 1/sqrt(d)
-    torch.testing.assert_close(out, scaled_dot_product_attention(q, k, v, scale=1.0)[0], **EXACT)
+    out = attention_with_bias(q, k, v, layer(5), scale=1.0)  # T5 does not scale by 1/sqrt(d)
+    torch.testing.assert_close(out, scaled_dot_product_attention(q, k, v, scale=1.0), **EXACT)
     out.sum().backward()
     assert layer.table.weight.grad.abs().sum() > 0
 
@@ -241,8 +242,9 @@ def test_t5_rejects_too_few_buckets():
 
 def test_attention_with_zero_bias_equals_plain_attention():
     q, k, v = randn(2, 4, 5, 3, seed=1), randn(2, 2, 7, 3, seed=2), randn(2, 2, 7, 3, seed=3)
-    out, weights = attention_with_bias(q, k, v, torch.zeros(4, 5, 7, dtype=F64), causal=True)
-    torch.testing.assert_close((out, weights), scaled_dot_product_attention(q, k, v, causal=True), **EXACT)
+    out, weights = attention_with_bias(q, k, v, torch.zeros(4, 5, 7, dtype=F64), causal=True, return_weights=True)
+    expected = scaled_dot_product_attention(q, k, v, causal=True, return_weights=True)
+    torch.testing.assert_close((out, weights), expected, **EXACT)
 
 
 def test_attention_with_bias_gradients_match_finite_differences():

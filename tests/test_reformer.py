@@ -43,7 +43,7 @@ def test_one_bucket_and_one_chunk_equal_full_shared_qk_attention(causal):
     qk, v = qk_v()
     out = lsh_attention(qk, v, num_buckets=1, chunk_size=16, num_rounds=1, generator=seeded(),
                         causal=causal)
-    expected, _ = full_shared_qk_attention(qk, v, causal=causal)
+    expected = full_shared_qk_attention(qk, v, causal=causal)
     torch.testing.assert_close(out, expected, **EXACT)
 
 
@@ -52,19 +52,19 @@ def test_identical_rounds_combine_to_the_single_round_result():
     # log-sum-exps are equal, so the round weights are 1/3 each and the mix changes nothing.
     qk, v = qk_v()
     out = lsh_attention(qk, v, num_buckets=1, chunk_size=16, num_rounds=3, generator=seeded())
-    torch.testing.assert_close(out, full_shared_qk_attention(qk, v)[0], **EXACT)
+    torch.testing.assert_close(out, full_shared_qk_attention(qk, v), **EXACT)
 
 
 def test_full_shared_qk_attention_gives_no_weight_to_the_token_itself():
     qk, v = qk_v()
-    _, weights = full_shared_qk_attention(qk, v)
+    _, weights = full_shared_qk_attention(qk, v, return_weights=True)
     assert weights.diagonal(dim1=-2, dim2=-1).max() < 1e-30    # exp(SELF_SCORE - typical score)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 16, dtype=torch.float64), **EXACT)
 
 
 def test_a_token_attends_itself_when_nothing_else_is_available():
     qk, v = qk_v()
-    _, weights = full_shared_qk_attention(qk, v, causal=True)
+    _, weights = full_shared_qk_attention(qk, v, causal=True, return_weights=True)
     torch.testing.assert_close(weights[..., 0, 0], torch.ones(2, 3, dtype=torch.float64), **EXACT)
     lsh = effective_weights(qk, num_buckets=4, chunk_size=4, num_rounds=2, generator=seeded(),
                             causal=True)
@@ -158,16 +158,18 @@ def test_each_query_sees_at_most_two_chunks_per_round():
 
 def test_lsh_attention_returns_buckets_on_request():
     qk, v = qk_v()
-    out, buckets = lsh_attention(qk, v, 4, 4, 2, seeded(5), return_buckets=True)
+    out, buckets = lsh_attention(qk, v, num_buckets=4, chunk_size=4, num_rounds=2, generator=seeded(5),
+                                 return_buckets=True)
     assert out.shape == v.shape
-    assert torch.equal(buckets, lsh_hash(qk, 4, seeded(5), 2))
+    assert torch.equal(buckets, lsh_hash(qk, num_buckets=4, generator=seeded(5), num_rounds=2))
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_gradcheck_passes(causal):
     qk, v = (x.requires_grad_() for x in qk_v(batch=1, heads=2, seq=8, dim=4, v_dim=3))
     # A fresh generator per call: every evaluation must hash with the same rotations.
-    fn = lambda qk, v: lsh_attention(qk, v, 4, 4, 2, seeded(7), causal)
+    fn = lambda qk, v: lsh_attention(qk, v, num_buckets=4, chunk_size=4, num_rounds=2,
+                                      generator=seeded(7), causal=causal)
     assert torch.autograd.gradcheck(fn, (qk, v))
 
 
@@ -177,7 +179,8 @@ def test_module_equals_the_functional_form_with_its_weights():
                              causal=True)
     x = torch.randn(2, 8, 12)
     qk, v = split_heads(layer.qk_proj(x), 3), split_heads(layer.v_proj(x), 3)
-    expected = layer.out_proj(merge_heads(lsh_attention(qk, v, 4, 4, 2, seeded(), causal=True)))
+    expected = layer.out_proj(merge_heads(lsh_attention(qk, v, num_buckets=4, chunk_size=4, num_rounds=2,
+                                                             generator=seeded(), causal=True)))
     torch.testing.assert_close(layer(x, seeded()), expected, rtol=0, atol=0)
 
 

@@ -70,9 +70,9 @@ def test_precomputed_key_projection_equals_recomputing_it_each_step():
 def test_all_query_steps_at_once_equal_one_step_at_a_time():
     W_q, W_k, v = additive_params()
     steps, keys = randn(2, 6, 5, seed=1), randn(2, 4, 4, seed=2)
-    context, weights = additive_attention(steps, keys, W_q, W_k, v)
+    context, weights = additive_attention(steps, keys, W_q, W_k, v, return_weights=True)
     for t in range(steps.shape[1]):
-        c_t, a_t = additive_attention(steps[:, t], keys, W_q, W_k, v)
+        c_t, a_t = additive_attention(steps[:, t], keys, W_q, W_k, v, return_weights=True)
         torch.testing.assert_close(c_t, context[:, t], **EXACT)
         torch.testing.assert_close(a_t, weights[:, t], **EXACT)
 
@@ -81,15 +81,15 @@ def test_padded_source_positions_get_exactly_zero_weight():
     W_q, W_k, v = additive_params()
     query, keys = randn(2, 3, 5, seed=1), randn(2, 6, 4, seed=2)
     mask = torch.tensor([[True] * 6, [True, True, True, False, False, False]])
-    context, weights = additive_attention(query, keys, W_q, W_k, v, mask)
+    context, weights = additive_attention(query, keys, W_q, W_k, v, mask, return_weights=True)
     assert torch.all(weights[1, :, 3:] == 0)  # exactly zero, not merely small
     # ...so whatever the padding holds cannot reach the output.
     garbage = keys.clone()
     garbage[1, 3:] = 1e6
-    context_garbage, _ = additive_attention(query, garbage, W_q, W_k, v, mask)
+    context_garbage = additive_attention(query, garbage, W_q, W_k, v, mask)
     torch.testing.assert_close(context_garbage, context, **EXACT)
     # and the padded sentence behaves as if it were never padded.
-    short_context, short_weights = additive_attention(query[1:], keys[1:, :3], W_q, W_k, v)
+    short_context, short_weights = additive_attention(query[1:], keys[1:, :3], W_q, W_k, v, return_weights=True)
     torch.testing.assert_close(context[1:], short_context, **EXACT)
     torch.testing.assert_close(weights[1:, :, :3], short_weights, **EXACT)
 
@@ -97,7 +97,7 @@ def test_padded_source_positions_get_exactly_zero_weight():
 def test_one_item_source_gives_context_equal_to_that_item():
     W_q, W_k, v = additive_params()
     query, keys = randn(3, 4, 5, seed=1), randn(3, 1, 4, seed=2)
-    context, weights = additive_attention(query, keys, W_q, W_k, v)
+    context, weights = additive_attention(query, keys, W_q, W_k, v, return_weights=True)
     assert torch.all(weights == 1)  # softmax of a single score is exactly 1
     torch.testing.assert_close(context, keys.expand(3, 4, 4), rtol=0, atol=0)
 
@@ -109,7 +109,7 @@ def test_additive_weights_are_a_distribution_over_real_tokens(batch, q_len, src_
     query, keys = randn(batch, q_len, 5, seed=seed + 1), randn(batch, src_len, 4, seed=seed + 2)
     lengths = torch.randint(1, src_len + 1, (batch,), generator=torch.Generator().manual_seed(seed))
     mask = torch.arange(src_len)[None] < lengths[:, None]
-    _, weights = additive_attention(query, keys, W_q, W_k, v, mask)
+    _, weights = additive_attention(query, keys, W_q, W_k, v, mask, return_weights=True)
     assert torch.all(weights >= 0)
     torch.testing.assert_close(weights.sum(-1), torch.ones(batch, q_len, dtype=F64), rtol=0, atol=1e-12)
 
@@ -190,7 +190,7 @@ def test_luong_global_weights_rows_sum_to_one_and_skip_padding(score, output_lay
     layer = LuongAttention(4, score=score, max_src_len=8, output_layer=output_layer, dtype=F64)
     query, keys = randn(2, 3, 4, seed=seed), randn(2, 6, 4, seed=seed + 1)
     mask = torch.tensor([[True] * 6, [True, True, False, False, False, False]])
-    out, weights = layer(query, keys, mask)
+    out, weights = layer(query, keys, mask, return_weights=True)
     assert out.shape == (2, 3, 4) and weights.shape == (2, 3, 6)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, dtype=F64), rtol=0, atol=1e-12)
     assert torch.all(weights[1, :, 2:] == 0)
@@ -200,7 +200,7 @@ def test_luong_output_layer_is_tanh_of_W_c_on_context_and_query():
     torch.manual_seed(0)
     layer = LuongAttention(4, score="dot", output_layer=True, dtype=F64)
     query, keys = randn(2, 3, 4, seed=1), randn(2, 5, 4, seed=2)
-    attentional, weights = layer(query, keys)
+    attentional, weights = layer(query, keys, return_weights=True)
     context = weights @ keys
     expected = torch.tanh(torch.cat([context, query], -1) @ layer.W_c.weight.T)  # h̃_t = tanh(W_c[c_t; h_t])
     torch.testing.assert_close(attentional, expected, **EXACT)
@@ -211,8 +211,8 @@ def test_luong_one_step_query_equals_a_row_of_all_steps():
     torch.manual_seed(0)
     layer = LuongAttention(4, score="concat", half_window=2, dtype=F64)
     query, keys = randn(2, 3, 4, seed=1), randn(2, 7, 4, seed=2)
-    out, weights = layer(query, keys)
-    out_1, weights_1 = layer(query[:, 1], keys)
+    out, weights = layer(query, keys, return_weights=True)
+    out_1, weights_1 = layer(query[:, 1], keys, return_weights=True)
     torch.testing.assert_close(out_1, out[:, 1], **EXACT)
     torch.testing.assert_close(weights_1, weights[:, 1], **EXACT)
 
@@ -258,7 +258,7 @@ def test_luong_local_p_module_zeroes_everything_outside_its_predicted_window():
     layer = LuongAttention(4, score="general", half_window=2, dtype=F64)
     query, keys = randn(2, 5, 4, seed=1), randn(2, 11, 4, seed=2)
     mask = torch.tensor([[True] * 11, [True] * 7 + [False] * 4])
-    _, weights = layer(query, keys, mask)
+    _, weights = layer(query, keys, mask, return_weights=True)
     positions = predictive_positions(query, layer.W_p.weight, layer.v_p, mask.sum(-1))
     outside = (torch.arange(11, dtype=F64) - positions[..., None]).abs() > 2
     assert torch.all(weights[outside] == 0)

@@ -149,7 +149,7 @@ def test_zero_rows_keep_real_tokens_finite_through_two_layers():
     keep, mask = _left_padded_causal_mask()
     x = qkv(batch=2, heads=2, q_len=6, k_len=6)[0]
     for _ in range(2):
-        x, weights = scaled_dot_product_attention(x, x, x, mask)
+        x, weights = scaled_dot_product_attention(x, x, x, mask, return_weights=True)
         assert torch.isfinite(x).all()
     padded = ~keep[:, None, :, None].expand_as(x)
     assert torch.all(x[padded] == 0)
@@ -170,7 +170,7 @@ def test_additive_mask_matches_the_boolean_mask_on_rows_with_a_key(fill):
     q, k, v = qkv(batch=1, heads=1, q_len=3, k_len=5)
     scores = (q @ k.transpose(-2, -1))[0, 0] / 2.0
     weights = torch.softmax(scores + additive_mask(keep, F64, fill=fill), dim=-1)
-    _, expected = scaled_dot_product_attention(q, k, v, keep)
+    _, expected = scaled_dot_product_attention(q, k, v, keep, return_weights=True)
     torch.testing.assert_close(weights[1:], expected[0, 0, 1:], rtol=0, atol=TOL64)
 
 
@@ -400,7 +400,7 @@ def test_reachability_matches_enumerating_every_path(seed, n, layers):
 
 def test_attention_edges_at_threshold_zero_are_the_mask():
     q, k, v = qkv(batch=1, heads=1, q_len=6, k_len=6)
-    _, weights = scaled_dot_product_attention(q, k, v, causal=True)
+    _, weights = scaled_dot_product_attention(q, k, v, causal=True, return_weights=True)
     assert torch.equal(attention_edges(weights[0, 0], 0.0), causal_mask(6))
 
 

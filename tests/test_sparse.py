@@ -40,7 +40,7 @@ PROPERTY = settings(max_examples=25, deadline=None)
 
 
 def dense(q, k, v, mask):
-    return scaled_dot_product_attention(q, k, v, mask)[0]
+    return scaled_dot_product_attention(q, k, v, mask)
 
 
 def reachable_in_two_hops(mask):
@@ -61,7 +61,7 @@ def index_to_counts(key_index, key_valid, seq):
 @PROPERTY
 @given(seq=st.integers(1, 40), stride=st.integers(1, 12))
 def test_strided_mask_equals_the_transcribed_definition(seq, stride):
-    mask = strided_mask(seq, stride)
+    mask = strided_mask(seq, stride=stride)
     for q in range(seq):
         for k in range(seq):
             expected = q >= k and ((q - k) % stride == 0 or q - k < stride)
@@ -72,7 +72,7 @@ def test_strided_mask_equals_the_transcribed_definition(seq, stride):
 @given(seq=st.integers(1, 40), stride=st.integers(1, 12), data=st.data())
 def test_fixed_mask_equals_the_transcribed_definition(seq, stride, data):
     num_summary = data.draw(st.integers(1, stride))
-    mask = fixed_mask(seq, stride, num_summary)
+    mask = fixed_mask(seq, stride=stride, num_summary=num_summary)
     for i in range(seq):
         for j in range(seq):
             same_block = j // stride == i // stride
@@ -86,7 +86,7 @@ def test_strided_mask_is_not_every_other_column():
     every_other_column = torch.zeros(seq, seq, dtype=torch.bool)
     every_other_column[:, ::2] = True
     every_other_column &= torch.ones(seq, seq, dtype=torch.bool).tril()
-    mask = strided_mask(seq, 2)
+    mask = strided_mask(seq, stride=2)
     assert not torch.equal(mask, every_other_column)
     assert mask[1:, 1::2].any()  # odd positions are attended (by the next query at least)
     assert mask.any(dim=0).all()  # every key is attended by someone
@@ -94,14 +94,15 @@ def test_strided_mask_is_not_every_other_column():
 
 @pytest.mark.parametrize("pattern", ["strided", "fixed"])
 def test_sparse_patterns_never_see_the_future(pattern):
-    mask = strided_mask(30, 5) if pattern == "strided" else fixed_mask(30, 5, 2)
+    mask = strided_mask(30, stride=5) if pattern == "strided" else fixed_mask(30, stride=5, num_summary=2)
     assert not mask.triu(diagonal=1).any()
 
 
 @pytest.mark.parametrize("seq,stride", [(16, 4), (30, 5), (64, 8), (100, 10), (37, 6), (50, 3)])
 def test_strided_and_fixed_reach_every_earlier_position_in_two_hops(seq, stride):
     causal = torch.ones(seq, seq, dtype=torch.bool).tril()
-    for mask in (strided_mask(seq, stride), fixed_mask(seq, stride, 1), fixed_mask(seq, stride, 2)):
+    for mask in (strided_mask(seq, stride=stride), fixed_mask(seq, stride=stride, num_summary=1),
+                 fixed_mask(seq, stride=stride, num_summary=2)):
         assert torch.equal(reachable_in_two_hops(mask), causal)
 
 
@@ -109,36 +110,38 @@ def test_strided_and_fixed_reach_every_earlier_position_in_two_hops(seq, stride)
 def test_one_component_alone_does_not_reach_everything_in_two_hops(seq, stride):
     causal = torch.ones(seq, seq, dtype=torch.bool).tril()
     for component in ("local", "stride"):
-        one_part = strided_mask(seq, stride, component=component)
+        one_part = strided_mask(seq, stride=stride, component=component)
         assert not torch.equal(reachable_in_two_hops(one_part), causal)
 
 
 def test_strided_rows_hold_order_sqrt_n_keys():
     for seq in (64, 256, 1024, 4096, 16384):
         stride = math.isqrt(seq)  # l = sqrt(n)
-        key_index, key_valid = strided_key_index(seq, stride)  # no seq x seq matrix needed
+        key_index, key_valid = strided_key_index(seq, stride=stride)  # no seq x seq matrix needed
         keys_per_row = key_valid.sum(dim=1)
         assert int(keys_per_row.max()) <= 2 * math.sqrt(seq)  # stride + (seq - 1) // stride
         if seq <= 1024:
-            assert torch.equal(keys_per_row, strided_mask(seq, stride).sum(dim=1))
+            assert torch.equal(keys_per_row, strided_mask(seq, stride=stride).sum(dim=1))
 
 
 @pytest.mark.parametrize("component", ["both", "local", "stride"])
 def test_strided_key_index_lists_exactly_the_mask_once(component):
     for seq, stride in [(1, 3), (17, 4), (24, 5), (9, 20)]:
-        key_index, key_valid = strided_key_index(seq, stride, component=component)
+        key_index, key_valid = strided_key_index(seq, stride=stride, component=component)
         counts = index_to_counts(key_index, key_valid, seq)
         assert counts.max() <= 1
-        assert torch.equal(counts.bool(), strided_mask(seq, stride, component=component))
+        assert torch.equal(counts.bool(), strided_mask(seq, stride=stride, component=component))
 
 
 @pytest.mark.parametrize("component", ["both", "block", "summary"])
 def test_fixed_key_index_lists_exactly_the_mask_once(component):
     for seq, stride, num_summary in [(1, 3, 1), (17, 4, 1), (24, 5, 2), (30, 6, 6), (9, 20, 3)]:
-        key_index, key_valid = fixed_key_index(seq, stride, num_summary, component=component)
+        key_index, key_valid = fixed_key_index(seq, stride=stride, num_summary=num_summary,
+                                               component=component)
         counts = index_to_counts(key_index, key_valid, seq)
         assert counts.max() <= 1
-        assert torch.equal(counts.bool(), fixed_mask(seq, stride, num_summary, component=component))
+        assert torch.equal(counts.bool(), fixed_mask(seq, stride=stride, num_summary=num_summary,
+                                                     component=component))
 
 
 # ---------------------------------------------------------------- gathered == dense
@@ -148,8 +151,8 @@ def test_fixed_key_index_lists_exactly_the_mask_once(component):
 @given(seq=st.integers(1, 40), stride=st.integers(1, 9), seed=st.integers(0, 2**16))
 def test_strided_attention_equals_dense_masked_attention(seq, stride, seed):
     q, k, v = qkv(seq, seed=seed)
-    got = strided_attention(q, k, v, stride)
-    torch.testing.assert_close(got, dense(q, k, v, strided_mask(seq, stride)), atol=ATOL, rtol=0)
+    got = strided_attention(q, k, v, stride=stride)
+    torch.testing.assert_close(got, dense(q, k, v, strided_mask(seq, stride=stride)), atol=ATOL, rtol=0)
 
 
 @PROPERTY
@@ -158,8 +161,8 @@ def test_strided_attention_equals_dense_masked_attention(seq, stride, seed):
 def test_fixed_attention_equals_dense_masked_attention(seq, stride, data, seed):
     num_summary = data.draw(st.integers(1, stride))
     q, k, v = qkv(seq, seed=seed)
-    got = fixed_attention(q, k, v, stride, num_summary)
-    expected = dense(q, k, v, fixed_mask(seq, stride, num_summary))
+    got = fixed_attention(q, k, v, stride=stride, num_summary=num_summary)
+    expected = dense(q, k, v, fixed_mask(seq, stride=stride, num_summary=num_summary))
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
 
@@ -169,8 +172,8 @@ def test_fixed_attention_equals_dense_masked_attention(seq, stride, data, seed):
 def test_gathered_strided_and_fixed_equal_dense_masked_attention(seq, stride, chunk, seed):
     q, k, v = qkv(seq, seed=seed)
     for key_list, mask in (
-        (strided_key_index(seq, stride), strided_mask(seq, stride)),
-        (fixed_key_index(seq, stride, 1), fixed_mask(seq, stride, 1)),
+        (strided_key_index(seq, stride=stride), strided_mask(seq, stride=stride)),
+        (fixed_key_index(seq, stride=stride, num_summary=1), fixed_mask(seq, stride=stride, num_summary=1)),
     ):
         got = gather_attention(q, k, v, *key_list, query_chunk=chunk)
         torch.testing.assert_close(got, dense(q, k, v, mask), atol=ATOL, rtol=0)
@@ -190,7 +193,7 @@ def test_gather_attention_with_any_mask_equals_dense_masked_attention(q_len, k_l
 
 def test_query_chunk_does_not_change_the_result():
     q, k, v = qkv(29)
-    key_list = strided_key_index(29, 5)
+    key_list = strided_key_index(29, stride=5)
     whole = gather_attention(q, k, v, *key_list, query_chunk=29)
     for chunk in (1, 4, 7, 100):
         torch.testing.assert_close(gather_attention(q, k, v, *key_list, query_chunk=chunk),
@@ -200,10 +203,11 @@ def test_query_chunk_does_not_change_the_result():
 @pytest.mark.parametrize("name", ["strided", "fixed", "gather", "bigbird"])
 def test_sparse_attention_accepts_grouped_kv_heads(name):
     attention = {
-        "strided": lambda q, k, v: strided_attention(q, k, v, 4),
-        "fixed": lambda q, k, v: fixed_attention(q, k, v, 4, 2),
-        "gather": lambda q, k, v: gather_attention(q, k, v, *strided_key_index(20, 4)),
-        "bigbird": lambda q, k, v: bigbird_attention(q, k, v, 2, 3, 1, 2),
+        "strided": lambda q, k, v: strided_attention(q, k, v, stride=4),
+        "fixed": lambda q, k, v: fixed_attention(q, k, v, stride=4, num_summary=2),
+        "gather": lambda q, k, v: gather_attention(q, k, v, *strided_key_index(20, stride=4)),
+        "bigbird": lambda q, k, v: bigbird_attention(q, k, v, block_size=2, num_window_blocks=3,
+                                                     num_global_blocks=1, num_random_blocks=2),
     }[name]
     q, k, v = qkv(20, heads=4, kv_heads=2)
     expected = attention(q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1))
@@ -222,7 +226,8 @@ BIGBIRD_CONFIGS = [  # (num_blocks, window blocks, global blocks, random blocks)
 def test_bigbird_rows_have_exactly_r_random_blocks_outside_window_and_globals(
     num_blocks, window, num_global, num_random,
 ):
-    key_blocks, _ = bigbird_block_index(num_blocks, window, num_global, num_random, seed=3)
+    key_blocks, _ = bigbird_block_index(num_blocks, num_window_blocks=window, num_global_blocks=num_global,
+                                        num_random_blocks=num_random, seed=3)
     random_blocks = key_blocks[:, num_global + window:]  # slots: globals, window, random
     assert random_blocks.shape == (num_blocks - num_global, num_random)
     for row, query_block in enumerate(range(num_global, num_blocks)):
@@ -237,7 +242,8 @@ def test_bigbird_rows_have_exactly_r_random_blocks_outside_window_and_globals(
 def test_bigbird_layout_rows_are_window_plus_globals_plus_random(
     num_blocks, window, num_global, num_random,
 ):
-    layout = bigbird_layout(num_blocks, window, num_global, num_random, seed=3)
+    layout = bigbird_layout(num_blocks, num_window_blocks=window, num_global_blocks=num_global,
+                            num_random_blocks=num_random, seed=3)
     assert layout[:num_global].all() and layout[:, :num_global].all()  # global rows, columns
     for query_block in range(num_global, num_blocks):
         in_window = [b for b in range(num_blocks)
@@ -249,24 +255,29 @@ def test_bigbird_layout_rows_are_window_plus_globals_plus_random(
 
 @pytest.mark.parametrize("seed", range(5))
 def test_bigbird_with_a_global_block_has_diameter_at_most_two(seed):
-    mask = bigbird_mask(64, 4, 3, 1, 2, seed=seed)
+    mask = bigbird_mask(64, block_size=4, num_window_blocks=3, num_global_blocks=1, num_random_blocks=2,
+                        seed=seed)
     assert reachable_in_two_hops(mask).all()
 
 
 def test_bigbird_without_globals_or_random_needs_more_than_two_hops():
-    mask = bigbird_mask(64, 4, 3, 0, 0)  # a pure block window: far blocks are far apart
+    mask = bigbird_mask(64, block_size=4, num_window_blocks=3, num_global_blocks=0,
+                        num_random_blocks=0)  # a pure block window: far blocks are far apart
     assert not reachable_in_two_hops(mask).all()
 
 
 def test_bigbird_same_seed_same_layout_different_seed_different():
-    first = bigbird_layout(16, 3, 1, 3, seed=11)
-    assert torch.equal(first, bigbird_layout(16, 3, 1, 3, seed=11))
-    assert not torch.equal(first, bigbird_layout(16, 3, 1, 3, seed=12))
+    first = bigbird_layout(16, num_window_blocks=3, num_global_blocks=1, num_random_blocks=3, seed=11)
+    assert torch.equal(first, bigbird_layout(16, num_window_blocks=3, num_global_blocks=1,
+                                             num_random_blocks=3, seed=11))
+    assert not torch.equal(first, bigbird_layout(16, num_window_blocks=3, num_global_blocks=1,
+                                                 num_random_blocks=3, seed=12))
 
 
 def test_bigbird_mask_expands_each_layout_entry_to_a_block():
-    layout = bigbird_layout(6, 3, 1, 1, seed=2)
-    mask = bigbird_mask(18, 3, 3, 1, 1, seed=2)
+    layout = bigbird_layout(6, num_window_blocks=3, num_global_blocks=1, num_random_blocks=1, seed=2)
+    mask = bigbird_mask(18, block_size=3, num_window_blocks=3, num_global_blocks=1, num_random_blocks=1,
+                        seed=2)
     assert torch.equal(mask.view(6, 3, 6, 3).all(dim=(1, 3)), layout)
     assert torch.equal(mask.view(6, 3, 6, 3).any(dim=(1, 3)), layout)
 
@@ -281,8 +292,10 @@ def test_bigbird_attention_equals_dense_masked_attention(
 ):
     seq = num_blocks * block_size
     q, k, v = qkv(seq)
-    got = bigbird_attention(q, k, v, block_size, window, num_global, num_random, seed=5)
-    mask = bigbird_mask(seq, block_size, window, num_global, num_random, seed=5)
+    got = bigbird_attention(q, k, v, block_size=block_size, num_window_blocks=window,
+                            num_global_blocks=num_global, num_random_blocks=num_random, seed=5)
+    mask = bigbird_mask(seq, block_size=block_size, num_window_blocks=window, num_global_blocks=num_global,
+                        num_random_blocks=num_random, seed=5)
     torch.testing.assert_close(got, dense(q, k, v, mask), atol=ATOL, rtol=0)
 
 
@@ -290,15 +303,17 @@ def test_bigbird_attention_equals_dense_masked_attention(
 
 
 SPARSE_CASES = {
-    "strided": (lambda q, k, v: strided_attention(q, k, v, 4),
-                lambda seq: strided_mask(seq, 4)),
+    "strided": (lambda q, k, v: strided_attention(q, k, v, stride=4),
+                lambda seq: strided_mask(seq, stride=4)),
     "gathered_strided": (
-        lambda q, k, v: gather_attention(q, k, v, *strided_key_index(q.shape[2], 4), query_chunk=5),
-        lambda seq: strided_mask(seq, 4)),
-    "fixed": (lambda q, k, v: fixed_attention(q, k, v, 4, 2),
-              lambda seq: fixed_mask(seq, 4, 2)),
-    "bigbird": (lambda q, k, v: bigbird_attention(q, k, v, 2, 3, 1, 2, seed=1),
-                lambda seq: bigbird_mask(seq, 2, 3, 1, 2, seed=1)),
+        lambda q, k, v: gather_attention(q, k, v, *strided_key_index(q.shape[2], stride=4), query_chunk=5),
+        lambda seq: strided_mask(seq, stride=4)),
+    "fixed": (lambda q, k, v: fixed_attention(q, k, v, stride=4, num_summary=2),
+              lambda seq: fixed_mask(seq, stride=4, num_summary=2)),
+    "bigbird": (lambda q, k, v: bigbird_attention(q, k, v, block_size=2, num_window_blocks=3,
+                                                  num_global_blocks=1, num_random_blocks=2, seed=1),
+                lambda seq: bigbird_mask(seq, block_size=2, num_window_blocks=3, num_global_blocks=1,
+                                         num_random_blocks=2, seed=1)),
 }
 
 
@@ -327,36 +342,36 @@ def test_sparse_attention_passes_gradcheck(name):
 def test_non_positive_stride_is_rejected_by_name():
     q, k, v = qkv(8)
     with pytest.raises(ValueError, match="stride"):
-        strided_attention(q, k, v, 0)
+        strided_attention(q, k, v, stride=0)
     with pytest.raises(ValueError, match="stride"):
-        fixed_mask(8, -2)
+        fixed_mask(8, stride=-2)
     with pytest.raises(TypeError, match="stride"):
-        strided_mask(8, 2.5)
+        strided_mask(8, stride=2.5)
 
 
 def test_num_summary_larger_than_stride_is_rejected_by_name():
     with pytest.raises(ValueError, match="num_summary"):
-        fixed_mask(16, 4, 5)
+        fixed_mask(16, stride=4, num_summary=5)
     with pytest.raises(ValueError, match="num_summary"):
-        fixed_key_index(16, 4, 0)
+        fixed_key_index(16, stride=4, num_summary=0)
 
 
 def test_unknown_component_is_rejected_by_name():
     with pytest.raises(ValueError, match="component"):
-        strided_mask(8, 2, component="block")
+        strided_mask(8, stride=2, component="block")
 
 
 def test_wrong_rank_is_rejected_by_name():
     q, k, v = qkv(8)
     with pytest.raises(ValueError, match="q must have 4 dimensions"):
-        strided_attention(q[0], k, v, 2)
+        strided_attention(q[0], k, v, stride=2)
     with pytest.raises(ValueError, match="k must have 4 dimensions"):
-        bigbird_attention(q, k[0], v, 2)
+        bigbird_attention(q, k[0], v, block_size=2)
 
 
 def test_bad_key_index_is_rejected_by_name():
     q, k, v = qkv(8)
-    key_index, key_valid = strided_key_index(8, 2)
+    key_index, key_valid = strided_key_index(8, stride=2)
     with pytest.raises(TypeError, match="key_index"):
         gather_attention(q, k, v, key_index.int(), key_valid)
     with pytest.raises(ValueError, match="key_index"):
@@ -368,17 +383,18 @@ def test_bad_key_index_is_rejected_by_name():
 def test_sequence_not_divisible_by_block_size_is_rejected_by_name():
     q, k, v = qkv(10)
     with pytest.raises(ValueError, match="block_size"):
-        bigbird_attention(q, k, v, 4)
+        bigbird_attention(q, k, v, block_size=4)
     with pytest.raises(ValueError, match="block_size"):
-        bigbird_attention(q, k, v, 0)
+        bigbird_attention(q, k, v, block_size=0)
 
 
 def test_bad_bigbird_block_counts_are_rejected_by_name():
     with pytest.raises(ValueError, match="num_window_blocks"):
-        bigbird_layout(8, 2, 1, 1)  # even window
+        bigbird_layout(8, num_window_blocks=2, num_global_blocks=1, num_random_blocks=1)  # even window
     with pytest.raises(ValueError, match="num_random_blocks"):
-        bigbird_layout(6, 3, 1, 3)  # too few blocks outside the window
+        bigbird_layout(6, num_window_blocks=3, num_global_blocks=1,
+                       num_random_blocks=3)  # too few blocks outside the window
     with pytest.raises(ValueError, match="num_global_blocks"):
-        bigbird_layout(4, 3, 5, 0)
+        bigbird_layout(4, num_window_blocks=3, num_global_blocks=5, num_random_blocks=0)
     with pytest.raises(ValueError, match="num_global_blocks"):
-        bigbird_layout(4, 3, -1, 0)
+        bigbird_layout(4, num_window_blocks=3, num_global_blocks=-1, num_random_blocks=0)

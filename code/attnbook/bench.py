@@ -487,7 +487,7 @@ def exact_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False) ->
     """softmax(QKᵀ/√d)V computed in full: the reference every error is measured against."""
     from .attention.dot_product import scaled_dot_product_attention
 
-    return scaled_dot_product_attention(q, k, v, causal=causal)[0]
+    return scaled_dot_product_attention(q, k, v, causal=causal)
 
 
 def _exact_causal(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -499,7 +499,8 @@ def _exact_causal(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 def _naive(seq_len, head_dim, device, dtype, generator):
     mod = _import_attention("dot_product")
-    return lambda q, k, v: mod.scaled_dot_product_attention(q, k, v)  # (out, n×n weights)
+    # (out, n×n weights): the weights are returned, so the n×n matrix is kept and measured
+    return lambda q, k, v: mod.scaled_dot_product_attention(q, k, v, return_weights=True)
 
 
 def _sdpa(causal):
@@ -511,7 +512,7 @@ def _sdpa(causal):
 
 def _flash(seq_len, head_dim, device, dtype, generator):
     mod = _import_attention("flash")
-    return lambda q, k, v: mod.flash_attention(q, k, v)[0]
+    return lambda q, k, v: mod.flash_attention(q, k, v)
 
 
 def _flex(seq_len, head_dim, device, dtype, generator):
@@ -532,13 +533,14 @@ BIGBIRD_BLOCKS = {"num_window_blocks": 3, "num_global_blocks": 2, "num_random_bl
 
 def _sliding(seq_len, head_dim, device, dtype, generator):
     mod = _import_attention("local")
-    return lambda q, k, v: mod.sliding_window_attention(q, k, v, SLIDING_WINDOW)
+    return lambda q, k, v: mod.sliding_window_attention(q, k, v, window=SLIDING_WINDOW)
 
 
 def _longformer(seq_len, head_dim, device, dtype, generator):
     mod = _import_attention("local")
-    global_indices = list(range(min(NUM_GLOBAL, seq_len)))
-    return lambda q, k, v: mod.longformer_attention(q, k, v, SLIDING_WINDOW, global_indices)
+    global_mask = torch.arange(seq_len, device=device) < NUM_GLOBAL  # the first NUM_GLOBAL tokens
+    return lambda q, k, v: mod.longformer_attention(q, k, v, window=SLIDING_WINDOW,
+                                                    global_mask=global_mask)
 
 
 def bigbird_block_size(seq_len: int) -> int:
@@ -549,7 +551,7 @@ def bigbird_block_size(seq_len: int) -> int:
 def _bigbird(seq_len, head_dim, device, dtype, generator):
     mod = _import_attention("bigbird")
     block = bigbird_block_size(seq_len)
-    return lambda q, k, v: mod.bigbird_attention(q, k, v, block, **BIGBIRD_BLOCKS)
+    return lambda q, k, v: mod.bigbird_attention(q, k, v, block_size=block, **BIGBIRD_BLOCKS)
 
 
 def sparse_stride(seq_len: int) -> int:
@@ -565,13 +567,13 @@ def sparse_num_summary(seq_len: int) -> int:
 def _strided(seq_len, head_dim, device, dtype, generator):
     mod = _import_attention("sparse")
     stride = sparse_stride(seq_len)
-    return lambda q, k, v: mod.strided_attention(q, k, v, stride)
+    return lambda q, k, v: mod.strided_attention(q, k, v, stride=stride)
 
 
 def _fixed(seq_len, head_dim, device, dtype, generator):
     mod = _import_attention("sparse")
     stride, summary = sparse_stride(seq_len), sparse_num_summary(seq_len)
-    return lambda q, k, v: mod.fixed_attention(q, k, v, stride, summary)
+    return lambda q, k, v: mod.fixed_attention(q, k, v, stride=stride, num_summary=summary)
 
 
 def _linformer(seq_len, head_dim, device, dtype, generator):
@@ -581,7 +583,7 @@ def _linformer(seq_len, head_dim, device, dtype, generator):
     e_proj = mod.make_linformer_projection(seq_len, k_proj, generator=generator).detach()
     f_proj = mod.make_linformer_projection(seq_len, k_proj, generator=generator).detach()
     e_proj, f_proj = e_proj.to(device=device, dtype=dtype), f_proj.to(device=device, dtype=dtype)
-    return lambda q, k, v: mod.linformer_attention(q, k, v, e_proj, f_proj)[0]
+    return lambda q, k, v: mod.linformer_attention(q, k, v, e_proj, f_proj)
 
 
 def mean_pooling_projection(seq_len: int, k: int) -> Tensor:
@@ -602,7 +604,7 @@ def _linformer_pool(seq_len, head_dim, device, dtype, generator):
     mod = _import_attention("linformer")
     pool = mean_pooling_projection(seq_len, min(LINFORMER_K, seq_len))
     pool = pool.to(device=device, dtype=dtype)  # E = F: (k, seq_len)
-    return lambda q, k, v: mod.linformer_attention(q, k, v, pool, pool)[0]
+    return lambda q, k, v: mod.linformer_attention(q, k, v, pool, pool)
 
 
 def _linear(causal):
@@ -629,14 +631,14 @@ def _reformer(seq_len, head_dim, device, dtype, generator):
 
     def attend(q, k, v):  # shared QK: k is not used, the keys are q's unit vectors
         hashes = torch.Generator(device=q.device).manual_seed(seed)  # same rotations every call
-        return mod.lsh_attention(q, v, REFORMER["num_buckets"], chunk, REFORMER["num_rounds"],
-                                 hashes)
+        return mod.lsh_attention(q, v, num_buckets=REFORMER["num_buckets"], chunk_size=chunk,
+                                 num_rounds=REFORMER["num_rounds"], generator=hashes)
     return attend
 
 
 def _shared_qk_reference(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Dense shared-QK attention with the self-mask: what LSH attention approximates."""
-    return _import_attention("reformer").full_shared_qk_attention(q, v)[0]
+    return _import_attention("reformer").full_shared_qk_attention(q, v)
 
 
 def _stream(seq_len, head_dim, device, dtype, generator):
@@ -1127,3 +1129,189 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
               for i, h in enumerate(headers)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+# --------------------------------------------------------------------------------------
+# The machine's roofline and the cost of each step of attention (chapter 10)
+# --------------------------------------------------------------------------------------
+
+# --8<-- [start:peaks]
+def clock_for(device: torch.device | str) -> Callable[[], float]:
+    """The clock a benchmark should read: this thread's CPU time on the CPU, wall time on a GPU.
+
+    On a CPU shared with other programs, wall-clock time includes the time the scheduler
+    gave to them; the CPU time of the calling thread does not (run torch on one thread,
+    ``torch.set_num_threads(1)``, so that all its work is done on that thread). A GPU
+    works asynchronously, so there only synchronised wall-clock time is meaningful.
+    """
+    return time.perf_counter if torch.device(device).type == "cuda" else time.thread_time
+
+
+def seconds_per_call(
+    fn: Callable[[], object], *, device: torch.device | str = "cpu", repeats: int = 5,
+    clock: Callable[[], float] | None = None,
+) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call, read on ``clock``.
+
+    ``clock`` defaults to ``clock_for(device)``; each call is bracketed by ``synchronize``.
+    """
+    check_positive_int("repeats", repeats)
+    clock = clock or clock_for(device)
+    result = fn()  # warm-up: allocations, kernel choice
+    del result
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = clock()
+        result = fn()
+        synchronize(device)
+        times.append(clock() - start)
+        del result
+    return statistics.median(times)
+
+
+def measure_matmul_flops(
+    size: int = 2048, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    repeats: int = 3, clock: Callable[[], float] | None = None,
+) -> dict:
+    """The machine's practical peak arithmetic rate: one large square matrix product.
+
+    A (size × size) @ (size × size) product does 2·size³ floating-point operations
+    (size³ multiply-adds) on 3·size² numbers, so for large ``size`` it is limited by
+    arithmetic, not by memory. Returns ``{"flops_per_s", "seconds", "flops", "size"}``
+    (``seconds`` is the median of ``repeats`` calls, see ``seconds_per_call``).
+    """
+    check_positive_int("size", size)
+    a = torch.ones(size, size, dtype=dtype, device=device)  # values do not change the speed
+    b = torch.ones(size, size, dtype=dtype, device=device)
+    out = torch.empty(size, size, dtype=dtype, device=device)
+    seconds = seconds_per_call(lambda: torch.mm(a, b, out=out), device=device, repeats=repeats,
+                               clock=clock)
+    flops = 2 * size**3
+    return {"flops_per_s": flops / seconds, "seconds": seconds, "flops": flops, "size": size}
+
+
+def measure_copy_bandwidth(
+    numel: int = 2**25, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    repeats: int = 5, clock: Callable[[], float] | None = None,
+) -> dict:
+    """The machine's practical memory bandwidth: copy a large array into another one.
+
+    ``dst.copy_(src)`` reads ``numel`` elements and writes ``numel`` elements and does
+    no arithmetic, so its rate is the memory system's. Pick ``numel`` well beyond the
+    last-level cache (the default, 2²⁵ float32 = 128 MiB per array, is). Returns
+    ``{"bytes_per_s", "seconds", "bytes", "numel"}``, counting both the read and the write.
+    """
+    check_positive_int("numel", numel)
+    src = torch.ones(numel, dtype=dtype, device=device)
+    dst = torch.empty_like(src)
+    seconds = seconds_per_call(lambda: dst.copy_(src), device=device, repeats=repeats, clock=clock)
+    moved = 2 * numel * src.element_size()
+    return {"bytes_per_s": moved / seconds, "seconds": seconds, "bytes": moved, "numel": numel}
+# --8<-- [end:peaks]
+
+
+# --8<-- [start:roofline]
+def arithmetic_intensity(flops: float, bytes_moved: float) -> float:
+    """Floating-point operations per byte of memory traffic."""
+    if flops < 0 or bytes_moved <= 0:
+        raise ValueError(
+            f"need flops >= 0 and bytes_moved > 0, got {flops} and {bytes_moved}")
+    return flops / bytes_moved
+
+
+def ridge_point(peak_flops: float, bandwidth: float) -> float:
+    """The intensity (FLOP/byte) at which arithmetic and memory take equal time.
+
+    A step with a lower intensity is memory-bound on this machine, a higher one compute-bound.
+    """
+    if peak_flops <= 0 or bandwidth <= 0:
+        raise ValueError(
+            f"peak_flops and bandwidth must be positive, got {peak_flops} and {bandwidth}")
+    return peak_flops / bandwidth
+
+
+def roofline_time(
+    flops: float, bytes_moved: float, *, peak_flops: float, bandwidth: float,
+) -> float:
+    """Least time a step can take: max(flops / peak_flops, bytes_moved / bandwidth).
+
+    The roofline model (Williams et al., 2009): arithmetic and memory traffic overlap at
+    best, so the slower of the two sets the floor.
+    """
+    ridge_point(peak_flops, bandwidth)  # validates both
+    if flops < 0 or bytes_moved < 0:
+        raise ValueError(
+            f"flops and bytes_moved must be >= 0, got {flops} and {bytes_moved}")
+    return max(flops / peak_flops, bytes_moved / bandwidth)
+# --8<-- [end:roofline]
+
+
+# --8<-- [start:step-costs]
+SOFTMAX_FLOPS_PER_SCORE = 5  # max, subtract, exp, add to the sum, divide (exp counted as one)
+
+
+def attention_step_costs(
+    batch: int, heads: int, q_len: int, k_len: int, head_dim: int, v_dim: int | None = None,
+    *, element_bytes: int = 4, softmax_reads: int = 5, softmax_writes: int = 3,
+) -> dict[str, dict[str, int]]:
+    """FLOPs and bytes moved by each step of the written-out attention, all heads together.
+
+    Steps as in ``scaled_dot_product_attention`` (Algorithm 0 of Dao et al., 2022, with
+    the scaling as its own pass): ``scores`` S = QKᵀ, ``scale`` S·(1/√d), ``softmax``
+    and ``values`` O = PV. Bytes count each step's own inputs read once and outputs
+    written once, the least an unfused step can move. The library's ``stable_softmax``
+    makes five passes that read an n×m array (max, subtract, exp, sum, divide) and three
+    that write one (subtract, exp, divide): ``softmax_reads`` and ``softmax_writes``;
+    a fused softmax would read once and write once. Returns
+    ``{step: {"flops", "bytes"}}``.
+    """
+    for name, value in (("batch", batch), ("heads", heads), ("q_len", q_len), ("k_len", k_len),
+                        ("head_dim", head_dim), ("element_bytes", element_bytes)):
+        check_positive_int(name, value)
+    v_dim = head_dim if v_dim is None else check_positive_int("v_dim", v_dim)
+    bh, nm, e = batch * heads, q_len * k_len, element_bytes
+    return {
+        "scores": {"flops": 2 * bh * nm * head_dim,
+                   "bytes": e * bh * (q_len * head_dim + k_len * head_dim + nm)},
+        "scale": {"flops": bh * nm, "bytes": e * bh * 2 * nm},
+        "softmax": {"flops": SOFTMAX_FLOPS_PER_SCORE * bh * nm,
+                    "bytes": e * bh * (softmax_reads + softmax_writes) * nm},
+        "values": {"flops": 2 * bh * nm * v_dim,
+                   "bytes": e * bh * (nm + k_len * v_dim + q_len * v_dim)},
+    }
+# --8<-- [end:step-costs]
+
+
+# --8<-- [start:memory-wall]
+def naive_peak_bytes(
+    batch: int, heads: int, q_len: int, k_len: int, *, element_bytes: int = 4, n_by_n: int = 3,
+) -> int:
+    """Peak extra memory of attention that materialises its scores: n_by_n·b·h·n·m·e bytes.
+
+    ``n_by_n`` is how many (q_len × k_len) arrays are alive at once at the peak: 3 for
+    the library's ``scaled_dot_product_attention`` (during the softmax's exponential:
+    scaled scores, shifted scores and exponentials; during its division: scaled scores,
+    exponentials and weights), 1 for the least any method that stores the weights
+    can do. Terms linear in the length (row maxima and sums; the output, which is made
+    after the peak) are left out: they shrink relative to this one as the length grows.
+    """
+    for name, value in (("batch", batch), ("heads", heads), ("q_len", q_len), ("k_len", k_len),
+                        ("element_bytes", element_bytes), ("n_by_n", n_by_n)):
+        check_positive_int(name, value)
+    return n_by_n * batch * heads * q_len * k_len * element_bytes
+
+
+def naive_max_length(
+    budget_bytes: int, *, batch: int = 1, heads: int, element_bytes: int = 4, n_by_n: int = 3,
+) -> int:
+    """The longest self-attention length n (= m) whose ``naive_peak_bytes`` fits the budget.
+
+    n_by_n·b·h·e·n² <= budget gives n = ⌊√(budget / (n_by_n·b·h·e))⌋ (one layer, the
+    forward pass, nothing else in memory; 0 when not even n = 1 fits).
+    """
+    for name, value in (("budget_bytes", budget_bytes), ("batch", batch), ("heads", heads),
+                        ("element_bytes", element_bytes), ("n_by_n", n_by_n)):
+        check_positive_int(name, value)
+    return math.isqrt(budget_bytes // (n_by_n * batch * heads * element_bytes))
+# --8<-- [end:memory-wall]

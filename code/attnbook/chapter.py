@@ -28,6 +28,18 @@ REPO = Path(__file__).resolve().parents[2]
 # Inside a clone of the book the package lives in code/attnbook; installed from the wheel
 # that the site publishes, it lives in site-packages and there is no book around it.
 IN_CLONE = (REPO / "mkdocs.yml").is_file() and (REPO / "code" / "chapters").is_dir()
+CHAPTERS = REPO / "code" / "chapters"
+
+# Python puts a script's own folder first on sys.path, and the build runs each chapter as a
+# notebook whose working folder (the "" entry) is that folder too. It holds the other
+# chapters, and one named like a package (kernels.py: the optional `kernels` package that
+# transformers looks for) would be imported, and run, in that package's place. Chapters
+# never import each other, so importing this module takes that folder off sys.path.
+if IN_CLONE:
+    sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != CHAPTERS.resolve()]
+
+
+MEASURED_FIGURES = "measured-figures.txt"  # figures drawn from timings (see Chapter.figure)
 
 
 def _in_notebook() -> bool:
@@ -198,9 +210,19 @@ class Chapter:
         return path
 
     # --8<-- [start:figure]
-    def figure(self, name: str, draw: Callable[[str], object], fmt: str = "svg") -> list[Path]:
-        """Save ``draw(theme)`` as ``<name>-light.<fmt>`` and ``<name>-dark.<fmt>``."""
+    def figure(self, name: str, draw: Callable[[str], object], fmt: str = "svg", *,
+               measured: bool = False) -> list[Path]:
+        """Save ``draw(theme)`` as ``<name>-light.<fmt>`` and ``<name>-dark.<fmt>``.
+
+        ``measured=True`` marks a figure drawn from timings, which differ from run to run: it
+        is listed in ``measured-figures.txt`` and exempt from the byte-identical-rerun test."""
         paths = [self._record(p) for p in save_themed(draw, self.out, name, fmt)]
+        if measured:
+            listing = self.out / MEASURED_FIGURES
+            names = set(listing.read_text(encoding="utf-8").split()) if listing.exists() else set()
+            listing.write_text("".join(f"{n}\n" for n in sorted(names | {p.name for p in paths})),
+                               encoding="utf-8")
+            self._record(listing)
         if _in_notebook():
             _show_image(paths[0], figure_alt_text(self.slug, name))
         return paths

@@ -397,11 +397,11 @@ queries = torch.randn(8, tgt_len, query_dim, generator=gen, dtype=torch.float64)
 W_q, W_k = (torch.randn(attn_dim, d, generator=gen, dtype=torch.float64) / d**0.5
             for d in (query_dim, key_dim))
 v = torch.randn(attn_dim, generator=gen, dtype=torch.float64) / attn_dim**0.5
-recomputed = torch.stack([additive_attention(queries[:, t], keys, W_q, W_k, v)[0]
+recomputed = torch.stack([additive_attention(queries[:, t], keys, W_q, W_k, v)
                           for t in range(tgt_len)], 1)
 projected = project_keys(keys, W_k)
 precomputed = torch.stack([additive_attention(queries[:, t], keys, W_q, W_k, v,
-                                              projected_keys=projected)[0]
+                                              projected_keys=projected)
                            for t in range(tgt_len)], 1)
 difference = (recomputed - precomputed).abs().max().item()
 ch.markdown("precompute", (

@@ -35,6 +35,7 @@ ch = Chapter("gpt")
 
 # %%
 import math
+import string
 import time
 
 import matplotlib.pyplot as plt
@@ -72,31 +73,40 @@ train_ids, val_ids = ids[:split], ids[split:]
 # --8<-- [start:sizes]
 if on_gpu:
     config = GPTConfig(len(vocab), max_len=ch.pick(128, 64), d_model=ch.pick(192, 64), num_heads=ch.pick(6, 4),
-                       num_layers=ch.pick(4, 2), dropout=0.2)
-    BATCH, STEPS = ch.pick(64, 16), ch.pick(2000, 300)
+                       num_layers=ch.pick(4, 2), dropout=ch.pick(0.2, 0.1))
+    BATCH, STEPS, LR = ch.pick(64, 16), ch.pick(2000, 300), ch.pick(1e-3, 3e-3)
+    select_ids = train_ids[-len(val_ids):]   # early stopping chooses a snapshot on this held-out piece
+    train_ids = train_ids[:-len(val_ids)]    # of the training text, never on the validation text
 else:
     config = GPTConfig(len(vocab), max_len=64, d_model=ch.pick(96, 64), num_heads=4,
                        num_layers=ch.pick(3, 2), dropout=0.1)
-    BATCH, STEPS = ch.pick(32, 16), ch.pick(800, 300)
+    BATCH, STEPS, LR = ch.pick(32, 16), ch.pick(800, 300), 3e-3
+    select_ids = None                         # no early stopping: the last weights are kept
 SEQ = config.max_len
-train_config = TrainConfig(steps=STEPS, lr=1e-3 if on_gpu else 3e-3, warmup_steps=ch.pick(50, 10), min_lr_ratio=0.1,
+train_config = TrainConfig(steps=STEPS, lr=LR, warmup_steps=ch.pick(50, 10), min_lr_ratio=0.1,
                            betas=(0.9, 0.99), weight_decay=0.1, seed=1)
 # --8<-- [end:sizes]
 
 torch.manual_seed(0)
 model = GPT(config).to(device)
 num_params = sum(p.numel() for p in model.parameters())  # tied: the embedding counted once
-val_windows = val_ids[: (len(val_ids) - 1) // SEQ * SEQ + 1]
-val_inputs = val_windows[:-1].view(-1, SEQ)                 # non-overlapping windows, (count, SEQ)
-val_targets = val_windows[1:].view(-1, SEQ)
+
+
+def windows_of(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-overlapping windows of SEQ characters: inputs and next-character targets, (count, SEQ)."""
+    part = part[: (len(part) - 1) // SEQ * SEQ + 1]
+    return part[:-1].view(-1, SEQ), part[1:].view(-1, SEQ)
+
+
+val_inputs, val_targets = windows_of(val_ids)
 
 
 @torch.no_grad()
-def val_loss(model: GPT) -> float:
+def val_loss(model: GPT, inputs: torch.Tensor = val_inputs, targets: torch.Tensor = val_targets) -> float:
     """Mean cross-entropy over every character of the held-out windows (nats per character)."""
     was_training = model.training
     model.eval()
-    loss = cross_entropy(model(val_inputs.to(device)), val_targets.to(device)).item()
+    loss = cross_entropy(model(inputs.to(device)), targets.to(device)).item()
     model.train(was_training)
     return loss
 
@@ -106,13 +116,18 @@ SAMPLE_LEN = min(100, SEQ - len(PROMPT))
 
 
 @torch.no_grad()
-def sample(model: GPT, prompt: str = PROMPT, seed: int = 0, **how) -> str:
+def sample_batch(model: GPT, count: int, prompt: str = PROMPT, seed: int = 0, **how) -> list[str]:
+    """``count`` continuations of ``prompt``, drawn as one batch with one seeded generator."""
     was_training = model.training
     model.eval()
-    prompt_ids = vocab.encode(prompt)[None].to(device)
+    prompt_ids = vocab.encode(prompt)[None].repeat(count, 1).to(device)
     out = generate(model, prompt_ids, SAMPLE_LEN, generator=torch.Generator(device).manual_seed(seed), **how)
     model.train(was_training)
-    return vocab.decode(out[0, len(prompt):].tolist())
+    return [vocab.decode(row[len(prompt):].tolist()) for row in out]
+
+
+def sample(model: GPT, prompt: str = PROMPT, seed: int = 0, **how) -> str:
+    return sample_batch(model, 1, prompt, seed, **how)[0]
 
 
 # %% [markdown]
@@ -125,14 +140,19 @@ def sample(model: GPT, prompt: str = PROMPT, seed: int = 0, **how) -> str:
 SNAPSHOTS = sorted({ch.pick(s, q) for s, q in ((50, 10), (200, 50), (STEPS // 4, 100), (STEPS // 2, 150),
                                                  (3 * STEPS // 4, 200))})
 snapshots: dict[int, tuple[float, str]] = {0: (val_loss(model), sample(model, temperature=0.8))}
-best = {"loss": math.inf, "step": 0, "state": None}   # early stopping: the best snapshot's weights
+best = {"loss": math.inf, "step": STEPS, "state": None}   # early stopping: the best snapshot's weights
+if select_ids is not None:
+    select_inputs, select_targets = windows_of(select_ids)
 steps_done = 0
 
 
 def take_snapshot(step: int) -> None:
     snapshots[step] = (val_loss(model), sample(model, temperature=0.8))
-    if snapshots[step][0] < best["loss"]:
-        best.update(loss=snapshots[step][0], step=step,
+    if select_ids is None:
+        return
+    select_loss = val_loss(model, select_inputs, select_targets)   # chooses; the validation text does not
+    if select_loss < best["loss"]:
+        best.update(loss=select_loss, step=step,
                     state={k: v.detach().clone() for k, v in model.state_dict().items()})
 
 
@@ -148,7 +168,8 @@ history = train(model, make_batch, train_config, device=device)
 model.eval()
 take_snapshot(STEPS)
 kept_step = best["step"]
-model.load_state_dict(best["state"])   # the last weights unless an earlier snapshot validated better
+if best["state"] is not None:
+    model.load_state_dict(best["state"])   # the last weights unless an earlier snapshot scored better
 final_val = val_loss(model)
 print(f"trained {STEPS} steps in {history.seconds:.1f} s; validation loss {final_val:.3f} at step {kept_step} "
       f"(target {TARGET_VAL_LOSS:.2f})")
@@ -159,15 +180,17 @@ if not final_val <= TARGET_VAL_LOSS:
 # --8<-- [end:check]
 # chapter 9 continues from this model: keep it with the chapter's outputs
 save_gpt(ch.path("model.pt"), model, vocab, {"steps": STEPS, "kept_step": kept_step, "val_loss": final_val,
-                                             "train_chars": split, "seq_len": SEQ, "quick": ch.quick,
+                                             "train_chars": len(train_ids), "seq_len": SEQ, "quick": ch.quick,
                                              "device": device.type})
 
 counts = torch.bincount(train_ids, minlength=len(vocab)).double() + 1   # add-one smoothing
 unigram_loss = -(counts / counts.sum()).log()[val_targets.flatten()].mean().item()
 
 ch.markdown("setup", (
-    f"Data: {len(text):,} characters ({len(vocab)} distinct), the first {split:,} for training and the last "
-    f"{len(ids) - split:,} held out for validation, scored as {val_inputs.shape[0]} non-overlapping windows of "
+    f"Data: {len(text):,} characters ({len(vocab)} distinct), the first {len(train_ids):,} for training, "
+    + ("" if select_ids is None else f"the next {len(select_ids):,} held out for early stopping, ")
+    + f"and the last {len(ids) - split:,} held out for validation, scored as {val_inputs.shape[0]} "
+    f"non-overlapping windows of "
     f"{SEQ} characters. Model: {config.num_layers} layers, {config.num_heads} heads, "
     f"$d_{{\\text{{model}}}} = {config.d_model}$, $d_{{\\text{{ff}}}} = {config.d_ff}$, context {SEQ}, "
     f"learned positions, tied embeddings, dropout {config.dropout}: {num_params:,} parameters. "
@@ -175,11 +198,17 @@ ch.markdown("setup", (
     f"{train_config.lr:g} after {train_config.warmup_steps} warm-up steps, cosine decay to a tenth, "
     f"weight decay {train_config.weight_decay}, gradients clipped at norm 1; "
     f"{history.seconds:.0f} s on {'a GPU' if on_gpu else 'one CPU thread'}. "
-    + ("The weights kept are those of the last step: no earlier snapshot had a lower validation loss."
+    + ("The weights kept are those of the last step (no early stopping)." if select_ids is None else
+       "The weights kept are those of the last step: no earlier snapshot scored better on the early-stopping text."
        if kept_step == STEPS else
-       f"The weights kept are those of step {kept_step}, the snapshot with the lowest validation loss "
-       f"(early stopping): later the model memorised the small training text and validated worse.")
+       f"The weights kept are those of step {kept_step}, the snapshot with the lowest loss on the early-stopping "
+       f"text: later the model memorised the small training text and generalised worse. The validation text "
+       f"played no part in the choice.")
 ))
+train_windows = train_ids[: val_inputs.numel() + 1]       # as many training characters as validation ones
+with torch.no_grad():
+    train_eval = cross_entropy(model(train_windows[:-1].view(-1, SEQ).to(device)),
+                               train_windows[1:].view(-1, SEQ).to(device)).item()
 verdict = "reached" if final_val <= TARGET_VAL_LOSS else "missed"
 ch.markdown("result", (
     f"Validation loss after training: **{final_val:.3f}** nats per character "
@@ -187,8 +216,10 @@ ch.markdown("result", (
     f"{verdict}, with a margin of {TARGET_VAL_LOSS - final_val:.2f} (the target leaves room for other "
     f"hardware and library versions, whose rounding changes the run slightly). For scale: guessing uniformly among "
     f"the {len(vocab)} characters scores $\\ln {len(vocab)} = {math.log(len(vocab)):.2f}$, and the "
-    f"character frequencies of the training text alone score {unigram_loss:.2f}. The last training "
-    f"loss (one batch, dropout on) was {history.loss[-1]:.3f}."
+    f"character frequencies of the training text alone score {unigram_loss:.2f}. On as many windows of the "
+    f"training text, scored the same way (dropout off), the loss is {train_eval:.3f}"
+    + (", below the validation loss: the gap is what the model memorised rather than learned."
+       if train_eval < final_val - 0.02 else ", about the validation loss: the model has memorised little.")
 ))
 ch.table("snapshots", ["steps done", "validation loss", "sample (temperature 0.8), after *" + PROMPT.strip() + "*"],
          [[s, f"{loss:.3f}", "`" + txt.replace("\n", "⏎").replace("`", "'") + "`"]
@@ -205,8 +236,10 @@ def draw_curve(theme):
     c = colors(theme)
     fig, ax = plt.subplots(figsize=(6.4, 2.8))
     train_smooth = smooth(history.loss)
-    offset = (len(history.loss) - len(train_smooth)) // 2
-    ax.plot(np.arange(len(train_smooth)) + offset + 1, train_smooth, color=c["palette"][0], label="training (smoothed)")
+    width = len(history.loss) - len(train_smooth) + 1                   # the running mean's width
+    offset = (width - 1) // 2
+    ax.plot(np.arange(len(train_smooth)) + offset + 1, train_smooth, color=c["palette"][0],
+            label=f"training (running mean of {width} steps)")
     points = sorted(snapshots.items())
     ax.plot([s for s, _ in points], [loss for _, (loss, _) in points], "o-", color=c["palette"][1],
             label="validation")
@@ -228,7 +261,7 @@ ch.figure("loss", draw_curve)
 # that top-p = 0.9 keeps, and samples from each decoding rule with the same seed.
 
 # %%
-DIST_PROMPT = "the Queen of H"
+DIST_PROMPT = "said the D"   # in chapters I-III it goes on as "Dodo" or "Duck"
 TEMPERATURES = (0.5, 1.0, 2.0)
 TOP_P = 0.9
 with torch.no_grad():
@@ -271,9 +304,27 @@ ch.table("next-token", ["temperature", f"p(*{label(top)}*)", "entropy (nats)", f
          [[f"{t:g}", f"{p[top]:.3f}", f"{entropy[t]:.2f}", int(kept.sum()),
            int(torch.isfinite(top_k_filter(dist_logits / t, 5)).sum())] for t, (p, kept) in dists.items()],
          align="rrrrr")
+train_text = vocab.decode(train_ids.tolist())
+followers: dict[str, int] = {}                  # the words that continue the prompt in the training text
+for start in range(len(train_text)):
+    if train_text.startswith(DIST_PROMPT, start):
+        word = DIST_PROMPT.split()[-1] + train_text[start + len(DIST_PROMPT):].split(maxsplit=1)[0]
+        word = word.strip(string.punctuation)
+        followers[word] = followers.get(word, 0) + 1
+seen_next = {word[len(DIST_PROMPT.split()[-1])] for word in followers if len(word) > len(DIST_PROMPT.split()[-1])}
+probs_1 = dists[1.0][0]
+unseen_mass = 1 - sum(probs_1[vocab.index[c]].item() for c in seen_next)
+unseen_top = max((i for i in range(len(vocab)) if vocab.chars[i] not in seen_next), key=lambda i: probs_1[i])
 ch.markdown("next-token-prompt", (
-    f"The prompt is *{DIST_PROMPT}*; the bars are the {SHOWN} most likely next characters, "
-    f"in the same order in every panel (␣ is the space)."
+    f"The prompt is *{DIST_PROMPT}*. In the training text it goes on as "
+    + ", ".join(f"*{w}* ({'once' if n == 1 else f'{n} times'})" for w, n in
+                sorted(followers.items(), key=lambda item: -item[1]))
+    + ". At temperature 1 the model gives "
+    + ", ".join(f"*{label(vocab.index[c])}* a probability of {probs_1[vocab.index[c]]:.2f}"
+                for c in sorted(seen_next, key=lambda c: -probs_1[vocab.index[c]]))
+    + f", and {unseen_mass:.2f} to characters that never follow the prompt there, the largest share "
+    f"to *{label(unseen_top)}* ({probs_1[unseen_top]:.2f}). The bars are the {SHOWN} most likely next "
+    f"characters, in the same order in every panel (␣ is the space)."
 ))
 
 # --8<-- [start:decoding]
@@ -285,26 +336,51 @@ DECODERS = {
     "top-k, k = 5": {"temperature": 1.0, "top_k": 5},
     f"top-p, p = {TOP_P}": {"temperature": 1.0, "top_p": TOP_P},
 }
-samples = {name: sample(model, seed=3, **how) for name, how in DECODERS.items()}
+SAMPLES = 50   # per rule, drawn as one batch; greedy is deterministic, so it needs one
+runs = {name: sample_batch(model, SAMPLES if how["temperature"] else 1, seed=3, **how)
+        for name, how in DECODERS.items()}
 # --8<-- [end:decoding]
 
 
+def words_of(text_: str) -> list[str]:
+    """Lower-case words without the punctuation around them."""
+    return [w for w in (w.strip(string.punctuation).lower() for w in text_.split()) if w]
+
+
+known_words = set(words_of(train_text))
+
+
 def distinct_words(text_: str) -> float:
-    words = text_.split()
+    words = words_of(text_)
     return len(set(words)) / max(1, len(words))
 
 
 def novel_words(text_: str) -> float:
     """Fraction of the complete words of a sample that never occur in the training text."""
-    known = set(vocab.decode(train_ids.tolist()).split())
-    words = text_.split()[:-1]  # the last word may be cut off
-    return sum(w not in known for w in words) / max(1, len(words))
+    words = words_of(" ".join(text_.split()[:-1]))  # the last word may be cut off
+    return sum(w not in known_words for w in words) / max(1, len(words))
 
 
-ch.table("decoding", ["rule", "distinct words / words", "words not in the training text", "sample"],
-         [[name, f"{distinct_words(s):.2f}", f"{novel_words(s):.2f}",
-           "`" + s.replace("\n", "⏎").replace("`", "'") + "`"] for name, s in samples.items()],
+ch.table("decoding", ["rule", f"distinct words / words (mean of {SAMPLES} samples)",
+                      f"words not in the training text (mean of {SAMPLES} samples)", "one of the samples"],
+         [[name, f"{np.mean([distinct_words(t) for t in texts]):.2f}",
+           f"{np.mean([novel_words(t) for t in texts]):.2f}",
+           "`" + texts[0].replace("\n", "⏎").replace("`", "'") + "`"] for name, texts in runs.items()],
          align="lrrl")
+repetition = {name: np.mean([distinct_words(t) for t in texts]) for name, texts in runs.items()}
+invention = {name: np.mean([novel_words(t) for t in texts]) for name, texts in runs.items()}
+heated = [invention[f"temperature {t}"] for t in ("0.7", "1.0", "1.5")]
+cut = [name for name in DECODERS if name.startswith("top-")]
+ch.markdown("decoding-note", (
+    ("Greedy decoding repeats itself most; " if repetition["greedy"] == min(repetition.values()) else
+     "Here greedy decoding is not the rule that repeats itself most; ")
+    + ("higher temperatures invent more non-words; " if heated[0] < heated[1] < heated[2] else
+       "the share of invented words does not grow steadily with the temperature here; ")
+    + "top-k and top-p sample at temperature 1 but cut off the tail of unlikely characters, where many "
+    + ("misspellings come from, and invent fewer than plain sampling at temperature 1."
+       if all(invention[name] < invention["temperature 1.0"] for name in cut) else
+       "misspellings come from, yet here they do not all invent fewer than plain sampling at temperature 1.")
+))
 
 # %% [markdown]
 # ## 3. What the trained heads attend to
@@ -333,7 +409,7 @@ def attention_weights(tokens: torch.Tensor) -> torch.Tensor:
     for i, block in enumerate(model.blocks):
         m = block.attn.mha
         q, k, v = project_heads(captured[i], None, m.in_proj_weight, m.in_proj_bias, m.num_heads, m.num_heads)
-        weights.append(scaled_dot_product_attention(q, k, v, causal=True)[1])
+        weights.append(scaled_dot_product_attention(q, k, v, causal=True, return_weights=True)[1])
     return torch.stack(weights)
 
 
@@ -341,12 +417,11 @@ weights = attention_weights(val_inputs.to(device)).cpu()          # (L, windows,
 positions = torch.arange(SEQ)
 distance = (positions[:, None] - positions[None, :]).clamp_min(0).float()   # query - key
 mean_distance = (weights * distance).sum(-1)[..., 8:].mean(dim=(1, 3))    # (L, h), queries >= 8
-previous = weights.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(1, 3))  # weight on key i-1
-itself = weights.diagonal(dim1=-2, dim2=-1)[..., 8:].mean(dim=(1, 3))       # weight on key i
+previous = weights.diagonal(offset=-1, dim1=-2, dim2=-1)[..., 7:].mean(dim=(1, 3))  # key i-1, queries >= 8
 space_ids = (val_inputs == vocab.index[" "]).float()                        # (windows, SEQ)
 on_space = (weights * space_ids[None, :, None, None, :]).sum(-1)[..., 8:].mean(dim=(1, 3))
 stats = {"mean distance (chars)": mean_distance, "weight on previous char": previous,
-         "weight on itself": itself, "weight on spaces": on_space}
+         "weight on spaces": on_space}
 
 
 def draw_head_stats(theme):
@@ -360,7 +435,7 @@ def draw_head_stats(theme):
         top = values.max().item() if vmax is None else vmax
         for (r, col), v in np.ndenumerate(values.numpy()):   # text in the colour that contrasts
             strong = v > 0.55 * top
-            text_colour = colors(theme)["bg" if (strong == (theme == "light")) else "fg"]
+            text_colour = colors(theme)["bg" if strong else "fg"]  # both colour maps end in the contrast colour
             ax.text(col, r, f"{v:.1f}" if vmax is None else f"{v:.2f}", ha="center", va="center", fontsize=8,
                     color=text_colour)
         plt.setp(ax.get_xticklabels(), rotation=0, ha="center")
@@ -391,6 +466,10 @@ ch.markdown("head-stats-numbers", (
     f"{space_head} puts the most weight on spaces, {space_weight:.0%}, "
     + (f"{space_weight / space_share:.1f} times their share of the text ({space_share:.0%})."
        if space_weight > 1.2 * space_share else f"about their share of the text ({space_share:.0%}).")
+    + " For comparison, a head that attended only to the previous character would score 1.00 on the second "
+    + (f"summary; the heads of layer 0 score between {previous[0].min():.2f} and {previous[0].max():.2f}."
+       if f"{previous[0].min():.2f}" != f"{previous[0].max():.2f}" else
+       f"summary; every head of layer 0 scores {previous[0].max():.2f}.")
 ))
 
 SHOW = 20   # the last SHOW characters of a window of SEQ; the keys before them are not drawn
@@ -412,7 +491,7 @@ def draw_heads(theme):
     fig, axes = plt.subplots(1, 3, figsize=(6.8, 3.0))
     for ax, (what, layer, head) in zip(axes, chosen):
         heatmap(ax, snippet_weights[layer, head], chars, chars, theme=theme, vmax=None,
-                title=f"layer {layer}, head {head}:\n{what}")
+                title=f"layer {layer}, head {head}\n(picked: {what})")
         plt.setp(ax.get_xticklabels(), rotation=0, ha="center")
         ax.title.set_fontsize(9)
         if ax is not axes[0]:
@@ -459,7 +538,10 @@ greedy_plain = generate(model, vocab.encode(PROMPT)[None].to(device), SAMPLE_LEN
                         use_cache=False)
 same_tokens = bool(torch.equal(greedy_cached, greedy_plain))
 with_cache, without_cache = time_generation(True), time_generation(False)
-print(f"KV cache: max |logit difference| {max_diff:.2e}; {without_cache / with_cache:.1f}x faster")
+ratio = without_cache / with_cache
+speed = (f"{ratio:.1f}× faster" if ratio >= 1.05 else
+         "about as fast" if ratio > 0.95 else f"{1 / ratio:.1f}× slower")
+print(f"KV cache: max |logit difference| {max_diff:.2e}; {speed} with the cache")
 ch.markdown("kv-cache", (
     f"Feeding one window of {SEQ} characters one at a time through the cache gives logits that differ from "
     f"the single full pass by at most **{max_diff:.1e}** (the logits themselves reach {logit_scale:.1f}), "
@@ -467,7 +549,7 @@ ch.markdown("kv-cache", (
     f"Greedy generation of {SAMPLE_LEN} characters gives {'the same' if same_tokens else 'different'} "
     f"characters with and without the cache. Generating {SEQ - 1} characters greedily took "
     f"{1000 * with_cache:.0f} ms with the cache and {1000 * without_cache:.0f} ms without it "
-    f"({without_cache / with_cache:.1f}× faster; best of three, batch 1, {device.type})."
+    f"({speed} with the cache; best of three, batch 1, {device.type})."
 ))
 
 # %% [markdown]
@@ -500,8 +582,12 @@ with torch.no_grad():
     all_logits = model(val_inputs.to(device)).flatten(0, 1)      # (positions, vocab)
     nucleus = {t: torch.isfinite(top_p_filter(all_logits / t, TOP_P)).sum(-1).float().mean().item()
                for t in (0.5, 0.8, 1.0, 1.5, 2.0)}
+    sizes = torch.isfinite(top_p_filter(all_logits, TOP_P)).sum(-1)    # per position, temperature 1
 ch.table("exercise-2", ["temperature", f"mean characters kept by top-p = {TOP_P}"],
          [[f"{t:g}", f"{kept:.1f}"] for t, kept in nucleus.items()], align="rr")
+ch.markdown("exercise-2-spread", (
+    f"At temperature 1 the nucleus is a single character at {(sizes == 1).float().mean():.0%} of the "
+    f"positions, and {(sizes >= 10).float().mean():.0%} of them need ten or more (at most {sizes.max()})."))
 # --8<-- [end:exercise-2]
 
 # %%
@@ -519,3 +605,21 @@ ch.table("exercise-3", ["positions in the window", "validation loss"],
          [[f"{a}" if b == a + 1 else f"{a}–{b - 1}", f"{per_position[a:b].mean():.3f}"]
           for a, b in buckets if b <= SEQ], align="rr")
 # --8<-- [end:exercise-3]
+
+# A character-bigram model for comparison: counts of (character, next) in the training text,
+# add-one smoothing, scored on the same position-0 predictions.
+pairs = torch.zeros(len(vocab), len(vocab))
+pairs.index_put_((train_ids[:-1], train_ids[1:]), torch.ones(len(train_ids) - 1), accumulate=True)
+bigram_logp = ((pairs + 1) / (pairs + 1).sum(-1, keepdim=True)).log()
+bigram_loss = -bigram_logp[windows[:, 0], windows[:, 1]].mean().item()
+early, late = per_position[2:4].mean().item(), per_position[SEQ // 2:].mean().item()
+ch.markdown("exercise-3-note", (
+    f"The loss falls from {per_position[0]:.2f} at position 0 (a character-bigram model counted on the "
+    f"training text, with add-one smoothing, scores {bigram_loss:.2f} on the same predictions) to "
+    f"{early:.2f} at positions 2–3, and then "
+    + (f"by only {early - late:.2f} more, to {late:.2f} at positions {SEQ // 2}–{SEQ - 1}"
+       if early - late >= 0.005 else f"no further: {late:.2f} at positions {SEQ // 2}–{SEQ - 1}")
+    + (". This model uses little of its context beyond the last few characters."
+       if early - late < 0.1 * (per_position[0].item() - early) else
+       ". The model keeps finding use for context well beyond the last few characters.")
+))

@@ -78,10 +78,10 @@ lengths = torch.tensor([sum(t != PAD for t in s) for s in sentences])  # (batch,
 q_toy, k_toy = (torch.stack(x)[:, None] for x in zip(*(embed(s) for s in sentences)))
 # q_toy, k_toy: (batch=2, heads=1, seq=6, d_k=4); values are the keys (not shown)
 
-weights_full = scaled_dot_product_attention(q_toy, k_toy, k_toy)[1][:, 0]
-weights_causal = scaled_dot_product_attention(q_toy, k_toy, k_toy, causal=True)[1][:, 0]
+weights_full = scaled_dot_product_attention(q_toy, k_toy, k_toy, return_weights=True)[1][:, 0]
+weights_causal = scaled_dot_product_attention(q_toy, k_toy, k_toy, causal=True, return_weights=True)[1][:, 0]
 keep = key_padding_to_attn_mask(padding_mask(lengths, max_len=6))  # (batch, 1, 1, k_len)
-weights_padded = scaled_dot_product_attention(q_toy, k_toy, k_toy, keep)[1][:, 0]
+weights_padded = scaled_dot_product_attention(q_toy, k_toy, k_toy, keep, return_weights=True)[1][:, 0]
 
 ch.table("lexicon", ["token", "class (its key)", "looks for (its query)"],
          [(t, c, w) for t, (c, w) in LEXICON.items()], align="lll")
@@ -331,7 +331,7 @@ q5, k5, v5 = (torch.randn(1, 1, n, 4, generator=gen) for n in (3, 5, 5))
 dead = torch.ones(3, 5, dtype=torch.bool)
 dead[1] = False  # query 1 may attend nothing (e.g. a padding query with query-side masking)
 scores5 = (q5 @ k5.transpose(-2, -1)) / 2.0
-out_ours, w_ours = scaled_dot_product_attention(q5, k5, v5, dead)
+out_ours, w_ours = scaled_dot_product_attention(q5, k5, v5, dead, return_weights=True)
 w_torch_softmax = torch.softmax(scores5.masked_fill(~dead, float("-inf")), -1)
 w_big_negative = torch.softmax(scores5.masked_fill(~dead, -1e9), -1)
 out_sdpa = F.scaled_dot_product_attention(q5, k5, v5, attn_mask=dead)
@@ -396,10 +396,10 @@ def agreement_case(name: str, dtype: torch.dtype, seed: int = 8):
     v = torch.randn(2, kv_heads, k_len, 32, generator=gen, dtype=torch.float64)
     if name == "key padding mask":
         mask = key_padding_to_attn_mask(padding_mask(torch.tensor([64, 40])))
-    reference = scaled_dot_product_attention(q, k, v, mask, causal=causal)[0]  # float64, CPU
+    reference = scaled_dot_product_attention(q, k, v, mask, causal=causal)  # float64, CPU
     q, k, v = (t.to(ch.device, dtype) for t in (q, k, v))
     mask = None if mask is None else mask.to(ch.device)
-    ours = scaled_dot_product_attention(q, k, v, mask, causal=causal)[0]
+    ours = scaled_dot_product_attention(q, k, v, mask, causal=causal)
     fused = sdpa(q, k, v, mask, causal=causal)
     err = lambda a, b: (a.double().cpu() - b.double().cpu()).abs().max().item()  # noqa: E731
     return err(ours, fused), err(ours, reference), err(fused, reference)
@@ -500,7 +500,7 @@ ch.markdown("speed-setup", f"batch 1, 8 heads, $d_k = 64$, float32, on {ch.devic
 def self_attention_layer(xs: list[torch.Tensor], w_q, w_k, w_v) -> torch.Tensor:
     x = torch.stack(xs)  # (n, d)
     q, k, v = x @ w_q, x @ w_k, x @ w_v
-    return scaled_dot_product_attention(q[None, None], k[None, None], v[None, None])[0][0, 0]
+    return scaled_dot_product_attention(q[None, None], k[None, None], v[None, None])[0, 0]
 
 
 def rnn_steps(xs: list[torch.Tensor], w_x, w_h) -> list[torch.Tensor]:

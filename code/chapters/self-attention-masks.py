@@ -234,7 +234,7 @@ naive_outputs = bare_layers(naive_attention)
 nan_rows = [
     ["`torch.softmax` on $-\\infty$-filled scores", *nan_counts(naive_outputs)],
     ["the book's `stable_softmax`",
-     *nan_counts(bare_layers(lambda q, k, v, m: scaled_dot_product_attention(q, k, v, m)[0]))],
+     *nan_counts(bare_layers(lambda q, k, v, m: scaled_dot_product_attention(q, k, v, m)))],
 ]
 sdpa_ran, sdpa_failed = {}, []
 for backend in (SDPBackend.MATH, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
@@ -320,12 +320,12 @@ def row_report(weights):
 additive_rows = []
 for label, fill in (("$-\\infty$", "-inf"), ("`finfo(float32).min`", "min")):
     weights = torch.softmax(scores32 + additive_mask(keep_rows, torch.float32, fill=fill), dim=-1)
-    other_error = (weights[1:] - scaled_dot_product_attention(q, k, v, keep_rows)[1][0, 0, 1:]).abs().max().item()
+    other_error = (weights[1:] - scaled_dot_product_attention(q, k, v, keep_rows, return_weights=True)[1][0, 0, 1:]).abs().max().item()
     additive_rows.append([label, row_report(weights), f"{other_error:.0e}"])
 twice = additive_mask(keep_rows, torch.float32, fill="min") + additive_mask(keep_rows, torch.float32, fill="min")
 weights_twice = torch.softmax(scores32 + twice, dim=-1)
 additive_rows.append(["`finfo(float32).min`, the same mask added to itself", row_report(weights_twice),
-                      f"{(weights_twice[1:] - scaled_dot_product_attention(q, k, v, keep_rows)[1][0, 0, 1:]).abs().max().item():.0e}"])
+                      f"{(weights_twice[1:] - scaled_dot_product_attention(q, k, v, keep_rows, return_weights=True)[1][0, 0, 1:]).abs().max().item():.0e}"])
 scores16 = (scores32 * 8).half()   # sharper scores, as after training, in float16
 weights16 = torch.softmax((scores16 + additive_mask(keep_rows, torch.float16, fill="min")).float(), dim=-1)
 error16 = (weights16[1:] - torch.softmax(scores16.float().masked_fill(~keep_rows, float("-inf")), -1)[1:]).abs().max().item()

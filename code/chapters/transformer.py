@@ -16,11 +16,13 @@ from attnbook.chapter import Chapter
 ch = Chapter("transformer")
 
 # %%
+import json
 import tempfile
 import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as ticker
 import numpy as np
 import sacrebleu
 import torch
@@ -53,7 +55,7 @@ D_MODEL, HEADS, LAYERS, D_FF = ch.pick((64, 4, 2, 256), (16, 2, 1, 32))
 STEPS = ch.pick(400, 10)
 LR, WARMUP = 5e-3, ch.pick(40, 2)
 # Under two epochs of training, dropout only slows learning, and separate input and output
-# tables learned faster than tied ones in our trials on this task.
+# tables learned faster than tied ones in our trials on this task (exercise 7: try either).
 LABEL_SMOOTHING, DROPOUT, TIE_OUTPUT = 0.1, 0.0, False
 LN_LR = 3e-3                              # the post-LN / pre-LN runs
 EVAL_EVERY = ch.pick(25, 5)               # validation accuracy every this many steps
@@ -149,6 +151,50 @@ def gru_batch(generator):
     return (b.src, b.src_lengths, b.tgt_in), b.tgt_out
 
 
+# %% [markdown]
+# ## 3. Post-LN and pre-LN, with and without warm-up
+#
+# Four short runs of a deeper (4+4-layer) model at a learning rate of LN_LR, without
+# gradient clipping, so that nothing hides the instability: post-LN or pre-LN, no warm-up or
+# a linear warm-up. With a spare CPU core they run in a child process on the core this one
+# leaves free, started here, before the two timed trainings below, so that both are timed
+# beside the same busy neighbour; without one they run here, at once, outside the timings.
+
+# %%
+LN_LAYERS = ch.pick(4, 1)
+LN_STEPS = ch.pick(250, 8)
+LN_WARMUP = ch.pick(50, 2)
+LN_BATCH, LN_PAIRS = 32, ch.pick(4000, 200)
+LN_BATCHES = bucketed_batches(task, train_pairs[:LN_PAIRS], LN_BATCH)
+LN_RUNS = [("post-LN", False, 0), ("post-LN", False, LN_WARMUP),
+           ("pre-LN", True, 0), ("pre-LN", True, LN_WARMUP)]
+
+
+def ln_batch(generator):
+    b = LN_BATCHES[int(torch.randint(len(LN_BATCHES), (1,), generator=generator))]
+    return (b.src, b.tgt_in), b.tgt_out
+
+
+def ln_runs():
+    start, results = time.perf_counter(), []
+    for name, norm_first, warmup in LN_RUNS:
+        ch.seed(0)
+        model = make_transformer(norm_first, LN_LAYERS)
+        h = train(model, ln_batch, TrainConfig(steps=LN_STEPS, lr=LN_LR, warmup_steps=warmup,
+                                              label_smoothing=LABEL_SMOOTHING, clip_norm=None,
+                                              progress=False, seed=0), device=ch.device)
+        results.append((h.loss, h.grad_norm, valid_accuracy(model, False)))
+    return results, time.perf_counter() - start
+
+
+# On a spare core, while both the Transformer and the GRU below train; or here, before either.
+wait_for_ln = ch.in_background(ln_runs)
+ln_started = time.perf_counter()
+
+# %% [markdown]
+# ## 4. Training the Transformer
+
+# %%
 # --8<-- [start:recipe]
 config = TrainConfig(
     steps=STEPS, lr=LR, warmup_steps=WARMUP,   # linear warm-up, then a cosine to 0
@@ -161,9 +207,10 @@ config = TrainConfig(
 ch.seed(0)
 transformer = make_transformer()
 monitor = Monitor(transformer, False, transformer_batch)
+# the checkpoint is saved at the end; keep the file to resume with resume=True
 with tempfile.TemporaryDirectory() as folder:
     history = train(transformer, monitor, config, device=ch.device,
-                    checkpoint=Path(folder) / "transformer.pt")   # resumable with resume=True
+                    checkpoint=Path(folder) / "transformer.pt")
 transformer_points = monitor.finish()
 # --8<-- [end:recipe]
 transformer.eval()
@@ -171,42 +218,7 @@ print(f"transformer: {STEPS} steps in {history.seconds:.1f} s, final loss "
       f"{np.mean(history.loss[-20:]):.3f}")
 
 # %% [markdown]
-# ## 3. Post-LN and pre-LN, with and without warm-up
-#
-# Four short runs of a deeper (4+4-layer) model at a learning rate of LN_LR, without
-# gradient clipping, so that nothing hides the instability: post-LN or pre-LN, no warm-up or
-# a linear warm-up. On the CPU they run in a child process on the core this one leaves free.
-
-# %%
-LN_LAYERS = ch.pick(4, 1)
-LN_STEPS = ch.pick(250, 8)
-LN_WARMUP = ch.pick(50, 2)
-LN_BATCHES = bucketed_batches(task, train_pairs[:ch.pick(4000, 200)], 32)
-LN_RUNS = [("post-LN", False, 0), ("post-LN", False, LN_WARMUP),
-           ("pre-LN", True, 0), ("pre-LN", True, LN_WARMUP)]
-
-
-def ln_batch(generator):
-    b = LN_BATCHES[int(torch.randint(len(LN_BATCHES), (1,), generator=generator))]
-    return (b.src, b.tgt_in), b.tgt_out
-
-
-def ln_runs():
-    results = []
-    for name, norm_first, warmup in LN_RUNS:
-        ch.seed(0)
-        model = make_transformer(norm_first, LN_LAYERS)
-        h = train(model, ln_batch, TrainConfig(steps=LN_STEPS, lr=LN_LR, warmup_steps=warmup,
-                                              label_smoothing=LABEL_SMOOTHING, clip_norm=None,
-                                              progress=False, seed=0), device=ch.device)
-        results.append((h.loss, h.grad_norm, valid_accuracy(model, False)))
-    return results
-
-
-wait_for_ln = ch.in_background(ln_runs)   # on a spare core, while the GRU below trains
-
-# %% [markdown]
-# ## 4. Chapter 3's GRU with the same data, trained with chapter 3's recipe
+# ## 5. Chapter 3's GRU with the same data, trained with chapter 3's recipe
 
 # %%
 ch.seed(0)
@@ -219,17 +231,20 @@ gru_history = train(gru, gru_monitor, gru_config, device=ch.device,
                     loss_fn=lambda output, y: cross_entropy(output[0], y))
 gru_points = gru_monitor.finish()
 gru.eval()
+trainings_done = time.perf_counter() - ln_started
 print(f"GRU ({GRU_KIND}): {GRU_STEPS} steps in {gru_history.seconds:.1f} s, final loss "
       f"{np.mean(gru_history.loss[-20:]):.3f}")
 
 # %% [markdown]
-# ## 5. Quality by length and decoding speed
+# ## 6. Quality by length and decoding speed
 
 # %%
 def translate(model, pairs, is_gru):
+    """Greedy translations of ``pairs`` (one batch), and how many ran on to the length cap."""
     b = task.batch(pairs)
     src = b.src.to(ch.device)
-    max_len = ch.pick(b.tgt_in.shape[1] + 10, b.tgt_in.shape[1])  # the same cap for both models
+    # chapter 3's cap, for both models: twice the longest reference of the batch (+ <bos>) plus 10
+    max_len = ch.pick(2 * b.tgt_in.shape[1] + 10, b.tgt_in.shape[1])
     bos, eos = task.target_vocab.bos_id, task.target_vocab.eos_id
     if is_gru:
         tokens, _ = model.greedy_decode(src, b.src_lengths.to(ch.device), max_len=max_len,
@@ -237,21 +252,24 @@ def translate(model, pairs, is_gru):
     else:
         tokens = greedy_decode(model, src, max_len, bos_id=bos, eos_id=eos, pad_id=PAD,
                                src_key_padding_mask=src != PAD)[:, 1:]
-    return [" ".join(task.target_vocab.decode(row)) for row in tokens.cpu()]
+    tokens = tokens.cpu()
+    ran_on = int((~(tokens == eos).any(dim=1)).sum())     # no <eos> within the cap
+    return [" ".join(task.target_vocab.decode(row)) for row in tokens], ran_on
 
 
 def evaluate(model, is_gru):
-    """bin -> (BLEU, exact match), BLEU over all, seconds spent decoding, words produced."""
+    """bin -> (BLEU, exact match, translations cut by the cap), BLEU over all, seconds spent
+    decoding, words produced."""
     by_bin, hyps, refs, seconds = {}, [], [], 0.0
     for bin_, pairs in test_pairs.items():
         start = time.perf_counter()
-        hypotheses = translate(model, pairs, is_gru)
+        hypotheses, ran_on = translate(model, pairs, is_gru)
         if ch.device.type == "cuda":
             torch.cuda.synchronize()
         seconds += time.perf_counter() - start
         references = [" ".join(p.target) for p in pairs]
         by_bin[bin_] = (sacrebleu.corpus_bleu(hypotheses, [references]).score,
-                        float(np.mean([h == r for h, r in zip(hypotheses, references)])))
+                        float(np.mean([h == r for h, r in zip(hypotheses, references)])), ran_on)
         hyps += hypotheses
         refs += references
     words = sum(len(h.split()) for h in hyps)
@@ -260,6 +278,8 @@ def evaluate(model, is_gru):
 
 NAMES = {"transformer": "Transformer (pre-LN)", "gru": f"GRU + Luong {GRU_KIND} (chapter 3)"}
 models = {"transformer": (transformer, False), "gru": (gru, True)}
+# Collect the post-LN / pre-LN runs first, so that both models decode on an otherwise idle core.
+ln_results, ln_seconds = wait_for_ln()
 results = {key: evaluate(model, is_gru) for key, (model, is_gru) in models.items()}
 histories = {"transformer": history, "gru": gru_history}
 points = {"transformer": transformer_points, "gru": gru_points}
@@ -304,15 +324,46 @@ ch.table("cost", ["model", "parameters", "training steps", "training seconds",
           for k in models])
 
 t_bleu, g_bleu = results["transformer"][1], results["gru"][1]
-LONG, SHORT = TEST_BINS[-1], TEST_BINS[0]
-in_range = [b for b in TEST_BINS if b[1] <= TRAIN_MAX_LEN + 5]
-ahead_in_range = all(results["transformer"][0][b][0] > results["gru"][0][b][0] for b in in_range)
-t_long, g_long = results["transformer"][0][LONG][0], results["gru"][0][LONG][0]
+LONG = TEST_BINS[-1]
+in_range = [b for b in TEST_BINS if b[1] <= TRAIN_MAX_LEN + 5]   # up to 30 words
+MARGIN = 2.0                  # BLEU: a smaller gap on 80 sentences is not called a lead
+bleu = {k: {b: results[k][0][b][0] for b in TEST_BINS} for k in models}
+t_long, g_long = bleu["transformer"][LONG], bleu["gru"][LONG]
 speed = {k: NUM_TEST / results[k][2] for k in models}
 t_target, g_target = time_to_target("transformer"), time_to_target("gru")
+
+
+def words_list(items):
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def in_range_verdict():
+    """Who is ahead by more than MARGIN BLEU in the bins up to 30 words."""
+    ahead = [b for b in in_range if bleu["transformer"][b] > bleu["gru"][b] + MARGIN]
+    behind = [b for b in in_range if bleu["gru"][b] > bleu["transformer"][b] + MARGIN]
+    close = [b for b in in_range if b not in ahead and b not in behind]
+    every = f"in every bin up to {in_range[-1][1]} words"
+    if len(ahead) == len(in_range):
+        return f"The Transformer is more than {MARGIN:.0f} BLEU ahead {every}"
+    if len(behind) == len(in_range):
+        return f"The GRU is more than {MARGIN:.0f} BLEU ahead {every}"
+    if len(close) == len(in_range):
+        return f"The two are within {MARGIN:.0f} BLEU of each other {every}"
+    parts = []
+    for bins, who in ((ahead, f"the Transformer is more than {MARGIN:.0f} BLEU ahead"),
+                      (behind, "the GRU" if ahead else f"the GRU is more than {MARGIN:.0f} BLEU ahead"),
+                      (close, f"the two are within {MARGIN:.0f} BLEU of each other")):
+        if bins:
+            where = words_list(bin_name(b) for b in bins)
+            parts.append(f"{who} on " + (where if parts else f"sources of {where} words"))
+    return f"Up to {in_range[-1][1]} words, " + words_list(parts)
+
+
 if t_target and g_target:
-    target_sentence = (f"It reached {TARGET_ACCURACY:.0%} next-word accuracy on the validation pairs "
-                       f"after {t_target[1]:.1f} s of training, the GRU after {g_target[1]:.1f} s.")
+    target_sentence = (f"The Transformer reached {TARGET_ACCURACY:.0%} next-word accuracy on the "
+                       f"validation pairs after {t_target[1]:.1f} s of training, the GRU after "
+                       f"{g_target[1]:.1f} s.")
 elif t_target or g_target:
     first = "The Transformer" if t_target else "The GRU"
     other = "the GRU" if t_target else "the Transformer"
@@ -320,21 +371,84 @@ elif t_target or g_target:
                        f"pairs after {(t_target or g_target)[1]:.1f} s of training; {other} never did.")
 else:
     target_sentence = f"Neither reached {TARGET_ACCURACY:.0%} next-word accuracy on the validation pairs."
+if g_long > t_long + 5:
+    long_clause = ": the recurrent model holds up better on lengths it has not seen."
+elif t_long > g_long + 5:
+    long_clause = ": the Transformer holds up better on lengths it has not seen."
+else:
+    long_clause = "."
 ch.markdown("comparison", (
     f"Over all {NUM_TEST} test sentences the Transformer scores {t_bleu:.1f} BLEU and the GRU "
-    f"{g_bleu:.1f}. "
-    + ("The Transformer is ahead in every bin of lengths seen in training"
-       if ahead_in_range else "The Transformer is not ahead in every bin of lengths seen in training")
-    + f"; on sources of {bin_name(LONG)} words, longer than any training sentence, it scores "
-    f"{t_long:.1f} against the GRU's {g_long:.1f}"
-    + (": the recurrent model holds up better on lengths it has not seen." if g_long > t_long + 5
-       else ".")
+    f"{g_bleu:.1f}. {in_range_verdict()}; on sources of {bin_name(LONG)} words, longer than any "
+    f"training sentence, the Transformer scores {t_long:.1f} against the GRU's {g_long:.1f}"
+    + long_clause
     + f" {target_sentence} Greedy decoding translated {speed['transformer']:.0f} sentences per "
     f"second with the Transformer and {speed['gru']:.0f} with the GRU"
     + (", although the Transformer re-runs its decoder over the whole prefix at every step (no "
        "cache)." if speed["transformer"] > speed["gru"] else
        ": the Transformer re-runs its decoder over the whole prefix at every step (no cache), "
-       "a waste that chapter 21 removes.")))
+       "a waste that the key-value cache of [chapter 8](gpt.md#the-kv-cache) and "
+       "[chapter 9](inference.md) removes.")))
+
+# The GRU is chapter 3's model, trained as there on the same batches and decoded with the same
+# cap: say whether its row repeats chapter 3's "Luong dot" row (when chapter 3 has been run).
+try:
+    with open(ch.needs("bahdanau-luong", "summary.json"), encoding="utf-8") as f:
+        chapter3 = json.load(f)["quality"][GRU_KIND]
+except FileNotFoundError:
+    chapter3 = None
+CHAPTER3 = "[chapter 3](../foundations/bahdanau-luong.md)"
+if chapter3 is None:
+    repeat_sentence = f"The GRU row can be set beside {CHAPTER3}'s table (run it to compare)."
+else:
+    gaps = [abs(results["gru"][0][b][0] - chapter3[bin_name(b)][0]) for b in TEST_BINS]
+    same = all(f"{results['gru'][0][b][0]:.1f}" == f"{chapter3[bin_name(b)][0]:.1f}" and
+               f"{results['gru'][0][b][1]:.0%}" == f"{chapter3[bin_name(b)][1]:.0%}" for b in TEST_BINS)
+    repeat_sentence = (f"The GRU's row repeats the \"Luong {GRU_KIND}\" row of {CHAPTER3}'s table."
+                       if same else
+                       f"The GRU's row differs from the \"Luong {GRU_KIND}\" row of {CHAPTER3}'s "
+                       f"table by at most {max(gaps):.1f} BLEU in a bin.")
+ran_on = {k: {b: results[k][0][b][2] for b in TEST_BINS} for k in models}
+ran_on_bins = [b for b in TEST_BINS if ran_on["transformer"][b] or ran_on["gru"][b]]
+if ran_on_bins:
+    cap_sentence = (
+        f" {sum(ran_on['transformer'].values())} of the Transformer's {NUM_TEST} translations and "
+        f"{sum(ran_on['gru'].values())} of the GRU's ran on until the cap without producing "
+        f"⟨eos⟩, on sources of {words_list(bin_name(b) for b in ran_on_bins)} words; a tighter "
+        "cap would cut these runaway tails, and with them many wrong words.")
+else:
+    cap_sentence = " No translation ran on until the cap."
+ch.markdown("decoding-cap", repeat_sentence + cap_sentence)
+
+# How the times were taken, for the sentence under the tables.
+if ch.device.type == "cuda":
+    timing_note = (
+        f"Times are wall-clock seconds on the GPU that built this page "
+        f"({torch.cuda.get_device_name(ch.device)}) and depend on it; the ratios are the point. "
+        "A GPU is where the Transformer's main advantage counts — all target positions of a "
+        "teacher-forced step computed at once, where the GRU must loop over them — but with "
+        "models this small per-operation overhead can still take much of each step.")
+else:
+    threads = torch.get_num_threads()
+    if not ch.spare_core():
+        beside = ""
+    elif ln_seconds >= trainings_done:
+        beside = ("; both trainings ran while the post-LN and pre-LN runs below kept a second "
+                  "core busy throughout")
+    else:
+        beside = (f"; both trainings ran beside the post-LN and pre-LN runs below, which kept a "
+                  f"second core busy for the first {ln_seconds:.0f} of their {trainings_done:.0f} s")
+    timing_note = (
+        f"Times are wall-clock seconds on the machine that built this page (a CPU, with "
+        f"{threads} thread{'s' if threads > 1 else ''}{beside}) and depend on it; the ratios "
+        "are the point. On a CPU with tiny models every step is dominated by per-operation "
+        "overhead, so the Transformer's main advantage — all target positions of a "
+        "teacher-forced step computed at once, where the GRU must loop over them — shows only "
+        "partly; on a GPU, where one big matrix product costs little more than a small one, "
+        "we would expect it to grow with the sentence length.")
+ch.markdown("timing", timing_note)
+print(f"post-LN / pre-LN runs: {ln_seconds:.1f} s; both timed trainings done after "
+      f"{trainings_done:.1f} s")
 
 
 def draw_quality(theme):
@@ -355,7 +469,7 @@ def draw_quality(theme):
 ch.figure("quality-by-length", draw_quality)
 
 # %% [markdown]
-# ## 6. Learning curves
+# ## 7. Learning curves
 
 # %%
 def draw_curves(theme):
@@ -385,7 +499,7 @@ def draw_curves(theme):
 ch.figure("learning-curves", draw_curves)
 
 # %% [markdown]
-# ## 7. The learning-rate schedules
+# ## 8. The learning-rate schedules
 
 # %%
 def draw_schedules(theme):
@@ -421,21 +535,36 @@ ch.markdown("schedule-check", (
     f"{noam(4000, d_model=512, warmup_steps=4000):.2e} for $d_{{\\text{{model}}}} = 512$."))
 
 # %% [markdown]
-# ## 8. Post-LN against pre-LN (Xiong et al., 2020)
+# ## 9. Post-LN against pre-LN (Xiong et al., 2020)
 
 # %%
-ln_results = wait_for_ln()
+def latex_number(x):
+    """3e-3 -> '3 \\cdot 10^{-3}'."""
+    mantissa, exponent = f"{x:.0e}".split("e")
+    return f"{mantissa} \\cdot 10^{{{int(exponent)}}}"
+
+
 ln_labels = [f"{name}, " + ("no warm-up" if w == 0 else f"warm-up {w}") for name, _, w in LN_RUNS]
 tail = ch.pick(25, 2)
+ch.markdown("post-pre-ln-setup", (
+    f"Four short runs of a deeper model ({LN_LAYERS} encoder and {LN_LAYERS} decoder layers, the "
+    "same widths and the same label smoothing and weight decay as above): "
+    f"{LN_STEPS} steps of batches of {LN_BATCH} sentences drawn from the first "
+    f"{LN_PAIRS:,} training pairs, at a learning rate of ${latex_number(LN_LR)}$, "
+    "*without* gradient clipping so that nothing hides the instability, on the same batches "
+    f"from the same seed: post-LN or pre-LN, each without warm-up and with a {LN_WARMUP}-step "
+    "linear warm-up (then a cosine decay)."))
 ch.table("post-pre-ln", ["run", f"loss, first {tail} steps", f"loss, last {tail} steps",
-                         f"largest gradient norm, first {LN_STEPS // 5} steps", "validation accuracy"],
+                         "gradient norm at step 1", "largest gradient norm", "validation accuracy"],
          [[label, f"{np.mean(loss[:tail]):.2f}", f"{np.mean(loss[-tail:]):.2f}",
-           f"{max(grads[:max(1, LN_STEPS // 5)]):.1f}", f"{acc:.1%}"]
+           f"{grads[0]:.1f}", f"{max(grads):.1f}", f"{acc:.1%}"]
           for label, (loss, grads, acc) in zip(ln_labels, ln_results)])
 final = {label: np.mean(loss[-tail:]) for label, (loss, _, _) in zip(ln_labels, ln_results)}
 accs = {label: acc for label, (_, _, acc) in zip(ln_labels, ln_results)}
+first_grad = {label: grads[0] for label, (_, grads, _) in zip(ln_labels, ln_results)}
 post0, post_w, pre0 = ln_labels[0], ln_labels[1], ln_labels[2]
-gap = accs[pre0] - accs[post0]
+gap = accs[pre0] - accs[post0]             # does post-LN need the warm-up?
+drop_gap = accs[pre0] - accs[post_w]       # can pre-LN drop it?
 ch.markdown("post-pre-ln-summary", (
     f"Without warm-up, the post-LN model ends at a training loss of {final[post0]:.2f} and "
     f"{accs[post0]:.1%} validation accuracy; the pre-LN model, same learning rate, same batches, "
@@ -445,12 +574,21 @@ ch.markdown("post-pre-ln-summary", (
     + f" With {LN_WARMUP} warm-up steps the post-LN model reaches {accs[post_w]:.1%}"
     + (", so warm-up helps it" if accs[post_w] > accs[post0] + 0.02 else ", so warm-up alone does "
        "not rescue it at this learning rate and length of training")
-    + f"; pre-LN with the same warm-up reaches {accs[ln_labels[3]]:.1%}."))
+    + f"; pre-LN with the same warm-up reaches {accs[ln_labels[3]]:.1%}."
+    + " Pre-LN without warm-up ends "
+    + (f"{100 * drop_gap:.0f} points ahead of" if drop_gap > 0.02 else
+       f"{-100 * drop_gap:.0f} points behind" if drop_gap < -0.02 else "within 2 points of")
+    + " post-LN with it."
+    + f" Before any update (step 1, the same with or without warm-up) the total gradient norm "
+    f"is {first_grad[post0]:.2f} for post-LN and {first_grad[pre0]:.2f} for pre-LN"
+    + (", larger in post-LN, as Xiong et al.'s analysis at initialisation leads one to expect."
+       if first_grad[post0] > 1.1 * first_grad[pre0] else
+       ": on this build post-LN's is not clearly the larger.")))
 
 
 def draw_ln(theme):
     c = colors(theme)
-    fig, axes = plt.subplots(1, 2, figsize=(6.8, 2.9))
+    fig, axes = plt.subplots(1, 2, figsize=(6.8, 3.3))
     window = ch.pick(10, 2)
     styles = ["-", "--", "-", "--"]
     for i, (label, (loss, grads, _)) in enumerate(zip(ln_labels, ln_results)):
@@ -461,16 +599,21 @@ def draw_ln(theme):
     axes[0].set_xlabel("training step")
     axes[0].set_ylabel("training loss")
     axes[1].set_xlabel("training step")
-    axes[1].set_ylabel("gradient norm (before clipping)")
-    axes[0].legend(fontsize=8, frameon=False)
-    fig.tight_layout()
+    axes[1].set_ylabel("gradient norm (no clipping)")
+    axes[1].set_yscale("log")   # spikes an order of magnitude above the usual norm
+    axes[1].yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1, 3)))
+    axes[1].yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axes[1].yaxis.set_minor_formatter(ticker.NullFormatter())
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     return fig
 
 
 ch.figure("post-pre-ln", draw_ln)
 
 # %% [markdown]
-# ## 9. The paper's numbers beside ours
+# ## 10. The paper's numbers beside ours
 
 # %%
 ch.table("paper-vaswani", ["setting", "Vaswani et al. (base model, §3, §5.2–5.4, Table 3)", "ours"], [
@@ -486,7 +629,7 @@ ch.table("paper-vaswani", ["setting", "Vaswani et al. (base model, §3, §5.2–
 ], align="lll")
 
 # %% [markdown]
-# ## 10. Exercises
+# ## 11. Exercises
 
 # %%
 # --8<-- [start:exercise-1]

@@ -255,7 +255,7 @@ nw = NadarayaWatson(bandwidth=1.0).to(torch.float64)
 optimiser = torch.optim.Adam(nw.parameters(), lr=0.05)
 bandwidth_path = [nw.bandwidth.item()]
 for step in range(200):
-    prediction, _ = nw(X, X, Y, mask=leave_one_out)     # each training point predicted from the others
+    prediction = nw(X, X, Y, mask=leave_one_out)        # each training point predicted from the others
     loss = (prediction - Y).pow(2).mean()
     optimiser.zero_grad()
     loss.backward()
@@ -267,8 +267,8 @@ learned = nw.bandwidth.item()
 
 def fit(sigma: float):
     """Test predictions and weights, leave-one-out training MSE, test MSE against the truth."""
-    pred, weights = nadaraya_watson(XT, X, Y, sigma)
-    loo, _ = nadaraya_watson(X, X, Y, sigma, mask=leave_one_out)
+    pred, weights = nadaraya_watson(XT, X, Y, bandwidth=sigma, return_weights=True)
+    loo = nadaraya_watson(X, X, Y, bandwidth=sigma, mask=leave_one_out)
     return pred[:, 0], weights, (loo - Y).pow(2).mean().item(), \
         (pred[:, 0] - target_function(x_test)).pow(2).mean().item()
 
@@ -393,7 +393,7 @@ class AttentionRegressor(nn.Module):
         e = self.embed(x)                        # (batch, T, width)
         q = self.q(e[:, -1:])[:, None]           # (batch, heads=1, 1, width)
         k, v = self.k(e)[:, None], self.v(e)[:, None]
-        o, _ = scaled_dot_product_attention(q, k, v)   # one step from every input to the output
+        o = scaled_dot_product_attention(q, k, v)      # one step from every input to the output
         return self.out(o[:, 0, 0])
 # --8<-- [end:path-models]
 

@@ -51,7 +51,7 @@ queries = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]], device=device)
 values = torch.eye(3, device=device)
 size = ch.pick(full=3, quick=3)
 output, weights = scaled_dot_product_attention(queries[None, None, :size], keys[None, None, :size],
-                                               values[None, None, :size])
+                                               values[None, None, :size], return_weights=True)
 
 
 def draw_weights(theme):

@@ -122,14 +122,15 @@ def additive_scores(query: Tensor, keys: Tensor, W_q: Tensor, W_k: Tensor, v: Te
 
 # --8<-- [start:attend]
 def source_attention(
-    scores: Tensor, values: Tensor, source_mask: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
+    scores: Tensor, values: Tensor, source_mask: Tensor | None = None, *,
+    return_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Softmax over source positions, then the weighted sum c_i = Σ_j α_ij h_j.
 
     scores: (batch, q_len, src_len); values: (batch, src_len, value_dim);
     source_mask: (batch, src_len) boolean, True = real token. Padding gets a score of
-    -inf, hence a weight of exactly 0. Returns (context (batch, q_len, value_dim),
-    weights (batch, q_len, src_len)).
+    -inf, hence a weight of exactly 0. Returns the context (batch, q_len, value_dim), or
+    ``(context, weights (batch, q_len, src_len))`` with ``return_weights=True``.
     """
     check_rank("scores", scores, 3, "(batch, q_len, src_len)")
     check_rank("values", values, 3, "(batch, src_len, value_dim)")
@@ -143,7 +144,8 @@ def source_attention(
         # The same padding for every query step: (batch, 1, src_len).
         scores = scores.masked_fill(~source_mask[:, None, :], float("-inf"))
     weights = stable_softmax(scores, dim=-1)
-    return weights @ values, weights
+    context = weights @ values
+    return (context, weights) if return_weights else context
 # --8<-- [end:attend]
 
 
@@ -158,8 +160,9 @@ def additive_attention(
     *,
     values: Tensor | None = None,
     projected_keys: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Bahdanau attention: returns (context, weights).
+    return_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Bahdanau attention: returns the context, or (context, weights) with ``return_weights``.
 
     query: (batch, q_len, query_dim) or (batch, query_dim) for one decoder step;
     keys: the annotations h_j, (batch, src_len, key_dim); values default to the keys
@@ -173,8 +176,11 @@ def additive_attention(
     if projected_keys is None:
         projected_keys = project_keys(keys, W_k)
     scores = additive_scores_projected(steps, projected_keys, W_q, v)
-    context, weights = source_attention(scores, keys if values is None else values, source_mask)
-    return (context[:, 0], weights[:, 0]) if one_step else (context, weights)
+    context, weights = source_attention(scores, keys if values is None else values, source_mask,
+                                        return_weights=True)
+    if one_step:  # drop the q_len axis of a single decoder step
+        context, weights = context[:, 0], weights[:, 0]
+    return (context, weights) if return_weights else context
 # --8<-- [end:functional]
 
 
@@ -182,8 +188,8 @@ def additive_attention(
 class AdditiveAttention(nn.Module):
     """Bahdanau attention as a layer: owns W_a (``query_proj``), U_a (``key_proj``) and v_a.
 
-    ``forward(query, keys, source_mask=None, projected_keys=None)`` returns
-    ``(context, weights)``; call ``project_keys(keys)`` once per source sentence and pass
+    ``forward(query, keys, source_mask=None, *, projected_keys=None, return_weights=False)``
+    returns the context, or ``(context, weights)`` with ``return_weights=True``; call ``project_keys(keys)`` once per source sentence and pass
     the result to every decoder step.
     """
 
@@ -200,10 +206,11 @@ class AdditiveAttention(nn.Module):
         """U_a h_j, (batch, src_len, attn_dim): compute once per source sentence."""
         return project_keys(keys, self.key_proj.weight)
 
-    def forward(self, query: Tensor, keys: Tensor, source_mask: Tensor | None = None,
-                projected_keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, query: Tensor, keys: Tensor, source_mask: Tensor | None = None, *,
+                projected_keys: Tensor | None = None,
+                return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         return additive_attention(
             query, keys, self.query_proj.weight, self.key_proj.weight, self.v, source_mask,
-            projected_keys=projected_keys,
+            projected_keys=projected_keys, return_weights=return_weights,
         )
 # --8<-- [end:module]

@@ -60,10 +60,10 @@ def _check_pattern(num_blocks: int, num_window_blocks: int, num_global_blocks: i
 # --8<-- [start:block_index]
 def bigbird_block_index(
     num_blocks: int,
+    *,
     num_window_blocks: int = 3,
     num_global_blocks: int = 1,
     num_random_blocks: int = 1,
-    *,
     seed: int = 0,
     device=None,
 ) -> tuple[Tensor, Tensor]:
@@ -111,10 +111,10 @@ def bigbird_block_index(
 # --8<-- [start:layout]
 def bigbird_layout(
     num_blocks: int,
+    *,
     num_window_blocks: int = 3,
     num_global_blocks: int = 1,
     num_random_blocks: int = 1,
-    *,
     seed: int = 0,
     device=None,
 ) -> Tensor:
@@ -124,7 +124,8 @@ def bigbird_layout(
     of the global blocks are all True.
     """
     key_blocks, valid = bigbird_block_index(
-        num_blocks, num_window_blocks, num_global_blocks, num_random_blocks, seed=seed
+        num_blocks, num_window_blocks=num_window_blocks, num_global_blocks=num_global_blocks,
+        num_random_blocks=num_random_blocks, seed=seed,
     )
     g = num_global_blocks
     counts = torch.zeros(num_blocks, num_blocks, dtype=torch.long)
@@ -136,11 +137,11 @@ def bigbird_layout(
 
 def bigbird_mask(
     seq_len: int,
+    *,
     block_size: int,
     num_window_blocks: int = 3,
     num_global_blocks: int = 1,
     num_random_blocks: int = 1,
-    *,
     seed: int = 0,
     device=None,
 ) -> Tensor:
@@ -148,8 +149,9 @@ def bigbird_mask(
     check_positive_int("seq_len", seq_len)
     check_positive_int("block_size", block_size)
     check_divisible("seq_len", seq_len, "block_size", block_size)
-    layout = bigbird_layout(seq_len // block_size, num_window_blocks, num_global_blocks,
-                            num_random_blocks, seed=seed, device=device)
+    layout = bigbird_layout(seq_len // block_size, num_window_blocks=num_window_blocks,
+                            num_global_blocks=num_global_blocks, num_random_blocks=num_random_blocks,
+                            seed=seed, device=device)
     return layout.repeat_interleave(block_size, dim=0).repeat_interleave(block_size, dim=1)
 # --8<-- [end:layout]
 
@@ -159,11 +161,11 @@ def bigbird_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
+    *,
     block_size: int,
     num_window_blocks: int = 3,
     num_global_blocks: int = 1,
     num_random_blocks: int = 1,
-    *,
     seed: int = 0,
     scale: float | None = None,
 ) -> Tensor:
@@ -184,7 +186,8 @@ def bigbird_attention(
     k, v = repeat_kv(k, num_heads), repeat_kv(v, num_heads)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     num_blocks, g = seq // block_size, num_global_blocks
-    key_blocks, valid = bigbird_block_index(num_blocks, num_window_blocks, g, num_random_blocks,
+    key_blocks, valid = bigbird_block_index(num_blocks, num_window_blocks=num_window_blocks,
+                                            num_global_blocks=g, num_random_blocks=num_random_blocks,
                                             seed=seed, device=q.device)  # (rows, slots)
 
     q_blocks = q.unflatten(2, (num_blocks, block_size))[:, :, g:]  # (b, h, rows, block, d_k)
@@ -199,7 +202,7 @@ def bigbird_attention(
     weights = stable_softmax(scores, dim=-1)
     ordinary_out = (weights @ values).flatten(2, 3)  # (b, h, (num_blocks - g) * block, d_v)
 
-    global_out, _ = scaled_dot_product_attention(
+    global_out = scaled_dot_product_attention(
         q[:, :, : g * block_size], k, v, scale=scale
     )  # (b, h, g * block, d_v): global rows see every key
     return torch.cat([global_out, ordinary_out], dim=2)

@@ -23,7 +23,9 @@ ATTENTION_KINDS = ("mha", "gqa", "mqa", "mla")
 
 DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8": 1, "int8": 1}
 
-# Published shapes, for the chapter's table (from each model's paper / released config).
+# Published shapes, for the chapter's table. Llama-2-7B: the configuration Meta released with the
+# weights (huggingface.co/meta-llama/Llama-2-7b-hf, config.json), not the Llama 2 paper;
+# DeepSeek-V2: its paper, §3.1.2.
 LLAMA2_7B = {"num_layers": 32, "num_heads": 32, "num_kv_heads": 32, "head_dim": 128}
 DEEPSEEK_V2 = {"num_layers": 60, "num_heads": 128, "head_dim": 128, "d_latent": 512, "d_rope": 64}
 

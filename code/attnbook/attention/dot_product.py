@@ -73,14 +73,17 @@ def scaled_dot_product_attention(
     scale: float | None = None,
     dropout_p: float = 0.0,
     generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """softmax(Q Kᵀ / √d_k) V, written out. Returns ``(output, weights)``.
+    return_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """softmax(Q Kᵀ / √d_k) V, written out. Returns the output (batch, heads, q_len, d_v),
+    or ``(output, weights)`` with ``return_weights=True``.
 
     q: (batch, heads, q_len, d_k); k: (batch, kv_heads, k_len, d_k);
     v: (batch, kv_heads, k_len, d_v); mask: boolean, True = may attend, broadcastable
     to (batch, heads, q_len, k_len); causal: also hide keys after each query
     (bottom-right aligned, see ``causal_mask``). ``weights`` are the probabilities
-    *before* dropout, so their rows always sum to 1 (or 0 for a fully masked query).
+    *before* dropout, so their rows always sum to 1 (or 0 for a fully masked query);
+    weights: (batch, heads, q_len, k_len).
     """
     num_heads, _ = check_qkv(q, k, v)
     k, v = repeat_kv(k, num_heads), repeat_kv(v, num_heads)
@@ -95,7 +98,8 @@ def scaled_dot_product_attention(
     if dropout_p > 0.0:
         keep = torch.rand(weights.shape, generator=generator, device=weights.device) >= dropout_p
         attended = weights * keep / (1.0 - dropout_p)
-    return attended @ v, weights  # (batch, heads, q_len, d_v)
+    out = attended @ v  # (batch, heads, q_len, d_v)
+    return (out, weights) if return_weights else out
 # --8<-- [end:sdpa]
 
 

@@ -7,7 +7,8 @@ attention, ``G = 1`` is multi-query attention; the KV cache shrinks by
 ``num_heads / G``. ``MultiHeadAttention(num_kv_heads=G)`` already computes this; this
 module holds the pieces the chapter discusses: the grouping written out without copying
 kv heads, and the conversion of a multi-head checkpoint by mean-pooling its K and V
-projection heads within each group (Ainslie et al., §2.1). Shapes follow the book:
+projection heads within each group (Ainslie et al., §2.1 for a single head, §2.2 for groups).
+Shapes follow the book:
 q ``(batch, heads, q_len, head_dim)``, k and v ``(batch, kv_heads, k_len, head_dim)``;
 masks are boolean, True = may attend.
 """
@@ -30,10 +31,11 @@ Tensor = torch.Tensor
 # --8<-- [start:grouped]
 def grouped_query_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *,
-    causal: bool = False, scale: float | None = None,
-) -> tuple[Tensor, Tensor]:
-    """softmax(Q Kᵀ/√d) V where each group of query heads shares one kv head. Returns
-    ``(output (batch, heads, q_len, head_dim), weights (batch, heads, q_len, k_len))``.
+    causal: bool = False, scale: float | None = None, return_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """softmax(Q Kᵀ/√d) V where each group of query heads shares one kv head. Returns the
+    output (batch, heads, q_len, head_dim), or ``(output, weights (batch, heads, q_len, k_len))``
+    with ``return_weights=True``.
 
     Instead of copying each kv head (``repeat_kv``), the query heads are viewed as
     (groups, heads_per_group) and each group meets its own kv head in one einsum.
@@ -52,7 +54,8 @@ def grouped_query_attention(
     weights = stable_softmax(scores, dim=-1)
     out = torch.einsum("bgrst,bgtd->bgrsd", weights, v)           # (batch, G, r, q_len, head_dim)
     flat = "b g r s x -> b (g r) s x"
-    return rearrange(out, flat), rearrange(weights, flat)
+    out = rearrange(out, flat)
+    return (out, rearrange(weights, flat)) if return_weights else out
 # --8<-- [end:grouped]
 
 

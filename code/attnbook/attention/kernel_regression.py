@@ -90,20 +90,23 @@ def nadaraya_watson_weights(queries: Tensor, keys: Tensor, bandwidth: float | Te
     return stable_softmax(scores, dim=-1)
 
 
-def nadaraya_watson(queries: Tensor, keys: Tensor, values: Tensor, bandwidth: float | Tensor,
-                    mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """The Nadaraya–Watson estimate at each query, and its weights.
+def nadaraya_watson(queries: Tensor, keys: Tensor, values: Tensor, *, bandwidth: float | Tensor,
+                    mask: Tensor | None = None,
+                    return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """The Nadaraya–Watson estimate at each query (and, with ``return_weights``, its weights).
 
     f(q_i) = Σ_j a_ij v_j with a_ij = K(q_i, k_j) / Σ_l K(q_i, k_l) and a Gaussian K.
-    queries (..., n, d), keys (..., m, d), values (..., m, d_v) -> output (..., n, d_v),
-    weights (..., n, m).
+    queries (..., n, d), keys (..., m, d), values (..., m, d_v) -> output (..., n, d_v), or
+    ``(output, weights (..., n, m))`` with ``return_weights=True``. ``mask`` as in
+    ``nadaraya_watson_weights``.
     """
     check_tensor("values", values)
     if values.dim() < 2 or values.shape[-2] != keys.shape[-2]:
         raise ValueError(f"values must have shape (..., m, d_v) with m = {keys.shape[-2]} keys, "
                          f"got {tuple(values.shape)}; for scalar targets use y[:, None]")
     weights = nadaraya_watson_weights(queries, keys, bandwidth, mask)
-    return weights @ values, weights
+    out = weights @ values
+    return (out, weights) if return_weights else out
 # --8<-- [end:nw]
 
 
@@ -126,6 +129,8 @@ class NadarayaWatson(nn.Module):
         return self.log_bandwidth.exp()
 
     def forward(self, queries: Tensor, keys: Tensor, values: Tensor,
-                mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return nadaraya_watson(queries, keys, values, self.bandwidth, mask)
+                mask: Tensor | None = None, *,
+                return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        return nadaraya_watson(queries, keys, values, bandwidth=self.bandwidth, mask=mask,
+                               return_weights=return_weights)
 # --8<-- [end:module]

@@ -5,7 +5,9 @@ tokens up to their own position. When a new token arrives, the old keys and valu
 exactly what they were one step ago, so they can be kept instead of recomputed: append
 k_t and v_t to the cache, then attend with the single new query,
 
-    o_t = softmax(q_t K_{1:t}ᵀ / √d_h) V_{1:t}.
+    o_t = softmax(q_t K_{≤t}ᵀ / √d_h) V_{≤t},
+
+where K_{≤t} stacks the keys of positions 0, ..., t (positions count from 0).
 
 Layout as everywhere in the book: the cache holds, per layer, keys and values of shape
 ``(batch, kv_heads, seq, head_dim)``; masks are boolean with True = may attend. The
@@ -16,6 +18,10 @@ bottom-right, so that one new query sees every cached key (``torch``'s own
 The cache memory per token is 2 · layers · kv_heads · head_dim · bytes per element
 (the 2 is for keys and values); ``attnbook.attention.cache_size`` computes it for real
 models, and grouped-query attention (``gqa.py``) shrinks it by sharing kv heads.
+
+``SlidingWindowCache`` bounds the memory instead: a ring buffer of the last ``window``
+tokens per layer, for attention in which a query at position p sees only the keys at
+p - window, ..., p (``causal_window_mask``).
 """
 from __future__ import annotations
 
@@ -70,6 +76,11 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in tensors)
 # --8<-- [end:cache]
 
+    def mask(self, q_len: int, k_len: int, device=None) -> Tensor | None:
+        """Extra boolean mask (q_len, k_len) for the tensors ``update`` returned, True = may
+        attend; None here: a full cache needs only the causal mask."""
+        return None
+
     @property
     def num_layers(self) -> int:
         return len(self.keys)
@@ -107,6 +118,75 @@ class KVCache:
                                 f"holds {past.dtype} on {past.device}")
 
 
+# --8<-- [start:window_mask]
+def causal_window_mask(q_len: int, k_len: int, window: int, device=None) -> Tensor:
+    """Boolean (q_len, k_len), True where query i may attend key j: the last q_len of k_len
+    positions are the queries (bottom-right alignment, as for the causal mask), and a query
+    at position p sees the keys at p - window, ..., p. For q_len == k_len this is
+    ``attention.local.sliding_window_mask(k_len, window, causal=True)``."""
+    check_positive_int("window", window)
+    if q_len > k_len:
+        raise ValueError(f"causal_window_mask needs k_len >= q_len, got q_len={q_len}, k_len={k_len}")
+    query_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]  # (q_len, 1)
+    key_pos = torch.arange(k_len, device=device)[None, :]                  # (1, k_len)
+    return (key_pos <= query_pos) & (key_pos >= query_pos - window)
+# --8<-- [end:window_mask]
+
+
+# --8<-- [start:window_cache]
+class SlidingWindowCache(KVCache):
+    """A KV cache of fixed size: per layer, a ring buffer of the last ``window`` tokens.
+
+    A query at position p attends to the keys at p - window, ..., p (``causal_window_mask``),
+    so the next query never needs more than the ``window`` newest past tokens: slot
+    ``position % window`` is overwritten once its token falls out of reach. The memory is
+    2 · layers · batch · kv_heads · window · head_dim elements, whatever the length.
+    ``update`` returns the kept past (oldest first) followed by the new tokens; ``mask``
+    then gives the band that the attention must apply on top of the causal mask.
+    """
+
+    def __init__(self, num_layers: int, window: int):
+        super().__init__(num_layers)
+        self.window = check_positive_int("window", window)
+        self.seen = [0] * num_layers  # tokens seen per layer = position of the next token
+
+    def seq_len(self, layer: int = 0) -> int:
+        """Tokens seen in ``layer`` (positions), not the at most ``window`` kept."""
+        return self.seen[self._layer_index(layer)]
+
+    def kept(self, layer: int) -> tuple[Tensor, Tensor] | None:
+        """The kept keys and values, oldest first: (batch, kv_heads, min(seen, window), head_dim)."""
+        buffer_k, buffer_v, seen = self.keys[layer], self.values[layer], self.seen[layer]
+        if buffer_k is None:
+            return None
+        if seen <= self.window:  # not wrapped yet: slots 0 .. seen-1 in order
+            return buffer_k[:, :, :seen], buffer_v[:, :, :seen]
+        oldest = seen % self.window  # the slot written longest ago
+        order = lambda t: torch.cat([t[:, :, oldest:], t[:, :, :oldest]], dim=2)  # noqa: E731
+        return order(buffer_k), order(buffer_v)
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self._check(layer, k, v)
+        new, seen = k.shape[2], self.seen[layer]
+        past = self.kept(layer)
+        keys = k if past is None else torch.cat([past[0], k], dim=2)    # (b, kv, kept + new, d)
+        values = v if past is None else torch.cat([past[1], v], dim=2)
+        if self.keys[layer] is None:  # allocate the ring once: (batch, kv_heads, window, head_dim)
+            shape = (*k.shape[:2], self.window, k.shape[3])
+            self.keys[layer] = k.new_zeros(shape)
+            self.values[layer] = v.new_zeros(shape)
+        last = min(new, self.window)  # only the newest `window` tokens can still be needed
+        slots = torch.arange(seen + new - last, seen + new, device=k.device) % self.window
+        self.keys[layer][:, :, slots] = k[:, :, new - last:]
+        self.values[layer][:, :, slots] = v[:, :, new - last:]
+        self.seen[layer] = seen + new
+        return keys, values
+
+    def mask(self, q_len: int, k_len: int, device=None) -> Tensor:
+        return causal_window_mask(q_len, k_len, self.window, device=device)
+# --8<-- [end:window_cache]
+
+
 # --8<-- [start:cached_attention]
 def causal_self_attention(
     x: Tensor,
@@ -129,10 +209,12 @@ def causal_self_attention(
     num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
     # q: (batch, heads, new, head_dim); k, v: (batch, kv_heads, new, head_dim)
     q, k, v = project_heads(x, None, in_proj_weight, in_proj_bias, num_heads, num_kv_heads)
+    mask = None
     if cache is not None:
         k, v = cache.update(layer, k, v)  # (batch, kv_heads, past + new, head_dim)
+        mask = cache.mask(q.shape[2], k.shape[2], device=q.device)  # a window's band, or None
     # Bottom-right causal mask: new query i sits at position past + i and sees keys <= it.
-    out = sdpa(q, k, v, causal=True)  # (batch, heads, new, head_dim)
+    out = sdpa(q, k, v, mask, causal=True)  # (batch, heads, new, head_dim)
     return F.linear(merge_heads(out), out_proj_weight, out_proj_bias)
 # --8<-- [end:cached_attention]
 

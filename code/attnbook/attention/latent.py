@@ -1,6 +1,7 @@
 """Multi-head latent attention (MLA), DeepSeek-V2 (arXiv:2405.04434, §2.1.2-2.1.3).
 
-Keys and values are rebuilt from one small latent vector per token,
+Keys and values are rebuilt from one small latent vector per token (the paper's column
+convention: h_t is the layer's input, x_t on the book's pages, which use rows),
 
     c_t = W^{DKV} h_t                 (d_c)          the only content that is cached
     k^C_{t,i} = W^{UK}_i c_t,   v^C_{t,i} = W^{UV}_i c_t        per head i (d_h)

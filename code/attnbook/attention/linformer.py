@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ._checks import check_divisible, check_positive_int, check_qkv, check_rank, check_tensor
-from .dot_product import scaled_dot_product_attention
+from .dot_product import repeat_kv, scaled_dot_product_attention, stable_softmax
 from .linear import _check_key_padding_mask
 from .multihead import merge_heads, split_heads
 
@@ -75,13 +75,15 @@ def linformer_attention(
     *,
     key_padding_mask: Tensor | None = None,
     scale: float | None = None,
-) -> tuple[Tensor, Tensor]:
-    """softmax(Q(EK)ᵀ/√d)(FV). Returns ``(output, weights)``.
+    return_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """softmax(Q(EK)ᵀ/√d)(FV). Returns the output, or ``(output, weights)`` with
+    ``return_weights=True``.
 
     q: (batch, heads, n, d); k, v: (batch, kv_heads, n, d) and (batch, kv_heads, n, d_v);
     e_proj, f_proj: (k, seq_len) or (kv_heads, k, seq_len) with seq_len ≥ n (the first n
-    columns are used). key_padding_mask: (batch, n), True = real key. Returns the output
-    (batch, heads, n, d_v) and the weights (batch, heads, n, k): n × k, never n × n.
+    columns are used). key_padding_mask: (batch, n), True = real key. The output is
+    (batch, heads, n, d_v); the weights are (batch, heads, n, k): n × k, never n × n.
     """
     check_qkv(q, k, v)
     kv_heads, n = k.shape[1], k.shape[2]
@@ -92,7 +94,7 @@ def linformer_attention(
         k, v = k * keep, v * keep
     k_proj = project_sequence(k, e_proj)   # E K: (batch, kv_heads, k, d)
     v_proj = project_sequence(v, f_proj)   # F V: (batch, kv_heads, k, d_v)
-    return scaled_dot_product_attention(q, k_proj, v_proj, scale=scale)
+    return scaled_dot_product_attention(q, k_proj, v_proj, scale=scale, return_weights=return_weights)
 # --8<-- [end:functional]
 
 
@@ -176,6 +178,96 @@ class LinformerSelfAttention(nn.Module):
         q, k, v = (split_heads(t, self.num_heads)         # each (batch, heads, n, head_dim)
                    for t in self.in_proj(x).chunk(3, dim=-1))
         out, weights = linformer_attention(q, k, v, self.e_proj, self.f_proj,
-                                           key_padding_mask=key_padding_mask)
+                                           key_padding_mask=key_padding_mask, return_weights=True)
         return self.out_proj(merge_heads(out)), (weights if need_weights else None)
 # --8<-- [end:module]
+
+
+# --------------------------------------------------------------------------------------
+# Low-rank analysis (chapter 12): the matrix Linformer applies to V, and how far any
+# rank-k matrix can be from an attention matrix (Eckart-Young).
+# --------------------------------------------------------------------------------------
+
+
+# --8<-- [start:effective]
+def linformer_effective_matrix(q: Tensor, k: Tensor, e_proj: Tensor, f_proj: Tensor, *,
+                               key_padding_mask: Tensor | None = None,
+                               scale: float | None = None) -> Tensor:
+    """The n × n matrix that Linformer applies to the values: softmax(Q(EK)ᵀ/√d) F.
+
+    ``linformer_attention(q, k, v, E, F)`` equals ``linformer_effective_matrix(q, k, E, F) @ v``
+    (with the same key_padding_mask, which zeroes padded columns), so this matrix can be
+    compared with the exact attention matrix P. Its rank is at most k: it is an (n × k)
+    matrix times a (k × n) one. Shapes as in ``linformer_attention``: q (batch, heads, n, d),
+    k (batch, kv_heads, n, d); returns (batch, heads, n, n).
+    """
+    check_qkv(q, k, k)
+    num_heads, kv_heads, n = q.shape[1], k.shape[1], k.shape[2]
+    e_proj = _check_projection("e_proj", e_proj, kv_heads, n)
+    f_proj = _check_projection("f_proj", f_proj, kv_heads, n)
+    keep = _check_key_padding_mask(key_padding_mask, k.shape[0], n)
+    if keep is not None:
+        k = k * keep
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    k_proj = repeat_kv(project_sequence(k, e_proj), num_heads)      # E K: (batch, heads, k, d)
+    weights = stable_softmax(q @ k_proj.transpose(-2, -1) * scale)  # P̄: (batch, heads, n, k)
+    if f_proj.dim() == 3:                                           # F_h per kv head
+        f_proj = repeat_kv(f_proj[None], num_heads)[0]              # (heads, k, n)
+    mixed = weights @ f_proj                                        # P̄ F: (batch, heads, n, n)
+    if keep is not None:  # F V sees v * keep: a padded value column contributes nothing
+        mixed = mixed * keep.transpose(-2, -1)
+    return mixed
+# --8<-- [end:effective]
+
+
+# --8<-- [start:spectrum]
+def cumulative_singular_value_share(sigma: Tensor, *, squared: bool = False) -> Tensor:
+    """c_r = (σ_1 + … + σ_r) / (σ_1 + … + σ_n) from singular values sigma (..., n), sorted
+    in decreasing order as ``torch.linalg.svdvals`` returns them. With ``squared=True`` the
+    shares of σ_i² instead: the fraction of ‖P‖_F² that the best rank-r matrix keeps (Eq. 8).
+    Returns (..., n), non-decreasing, ending at 1 (all zeros stay zeros).
+    """
+    check_tensor("sigma", sigma)
+    if sigma.dim() < 1:
+        raise ValueError("sigma must hold at least one vector of singular values, got a scalar")
+    if (sigma < 0).any():
+        raise ValueError("sigma must be non-negative: singular values are never negative")
+    if (sigma[..., 1:] > sigma[..., :-1]).any():
+        raise ValueError("sigma must be sorted in decreasing order, as torch.linalg.svdvals returns it")
+    terms = sigma.square() if squared else sigma
+    total = terms.sum(-1, keepdim=True)
+    return terms.cumsum(-1) / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def normalized_cumulative_singular_values(p: Tensor, *, squared: bool = False) -> Tensor:
+    """c_r = (σ_1 + … + σ_r) / (σ_1 + … + σ_n) for each matrix in p (..., n_rows, n_cols).
+
+    The y-axis of Linformer's Fig. 1 (Wang et al., 2020) as we read it: the paper names the
+    quantity but gives no formula. ``squared=True`` uses σ_i² (the share of ‖P‖_F²) instead.
+    Returns (..., min(n_rows, n_cols)), non-decreasing, ending at 1. Computed in float64
+    (SVD of nearly singular matrices).
+    """
+    check_tensor("p", p)
+    if p.dim() < 2:
+        raise ValueError(f"p must be a matrix or a batch of matrices, got shape {tuple(p.shape)}")
+    sigma = torch.linalg.svdvals(p.double())   # descending, (..., min(n_rows, n_cols))
+    return cumulative_singular_value_share(sigma, squared=squared)
+
+
+def best_rank_approximation(p: Tensor, rank: int) -> Tensor:
+    """The rank-``rank`` matrix closest to p in Frobenius and spectral norm: truncated SVD
+    (Frobenius: Eckart-Young 1936; spectral norm: Mirsky 1960).
+
+    Eckart-Young: P_r = Σ_{i≤r} σ_i u_i v_iᵀ, and ‖P − P_r‖_F² = Σ_{i>r} σ_i² is the
+    smallest error of any matrix of rank ≤ r, Linformer's P̄F included.
+    p: (..., n_rows, n_cols); returns the same shape and dtype.
+    """
+    check_tensor("p", p)
+    if p.dim() < 2:
+        raise ValueError(f"p must be a matrix or a batch of matrices, got shape {tuple(p.shape)}")
+    check_positive_int("rank", rank)
+    if rank > min(p.shape[-2:]):
+        raise ValueError(f"rank={rank} exceeds the smaller side of p, shape {tuple(p.shape)}")
+    u, sigma, vh = torch.linalg.svd(p, full_matrices=False)
+    return (u[..., :rank] * sigma[..., None, :rank]) @ vh[..., :rank, :]
+# --8<-- [end:spectrum]

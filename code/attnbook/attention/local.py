@@ -21,7 +21,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_positive_int, check_rank, check_self_attention, check_tensor
+from ._checks import (
+    check_key_padding_mask,
+    check_positive_int,
+    check_rank,
+    check_self_attention,
+    check_tensor,
+)
 from .dot_product import repeat_kv, scaled_dot_product_attention
 
 Tensor = torch.Tensor
@@ -64,13 +70,17 @@ def sliding_window_mask(
 def _band_attention(
     q: Tensor, k: Tensor, v: Tensor, before: int, after: int, scale: float,
     key_keep: Tensor | None = None, extra_scores: Tensor | None = None,
-    extra_values: Tensor | None = None,
+    extra_values: Tensor | None = None, extra_keep: Tensor | None = None,
+    zero_empty_rows: bool = False,
 ) -> Tensor:
     """Attention of query i to keys i-before ... i+after, without a seq x seq matrix.
 
-    q, k, v: (..., seq, dim). key_keep: optional boolean (..., seq), False hides a key
-    from every window. extra_scores (..., seq, g) and extra_values (..., g, dim_v) are
-    more key columns (Longformer's global keys) that join the same softmax per query.
+    q, k, v: (..., seq, dim). key_keep: optional boolean broadcasting to (..., seq), False
+    hides a key from every window (padding, or a global key counted as an extra column).
+    extra_scores (..., seq, g) and extra_values (..., g, dim_v) are more key columns
+    (Longformer's global keys) that join the same softmax per query; extra_keep, boolean
+    broadcasting to (..., 1, g), hides some of them. zero_empty_rows: a query that may
+    attend no key at all gets an output of zeros (needed once keys can be padding).
     """
     seq = q.shape[-2]
     before, after = min(before, seq - 1), min(after, seq - 1)  # no key lies further away
@@ -95,12 +105,27 @@ def _band_attention(
     # The most negative finite number rather than -inf: exp of it is exactly 0 in any row
     # with a real key (every real query sees itself), and padding rows stay NaN-free, so
     # torch's fused softmax can run in place of a slower masked one.
-    scores = scores.masked_fill_(~keep, torch.finfo(scores.dtype).min)
+    lowest = torch.finfo(scores.dtype).min
+    scores = scores.masked_fill_(~keep, lowest)
     scores = scores.flatten(-3, -2)  # (..., padded, span): one row per query
     if extra_scores is not None:  # one softmax over window keys and extra keys together
         extra_scores = F.pad(extra_scores, (0, 0, 0, padded - seq))
+        if extra_keep is not None:
+            extra_scores = extra_scores.masked_fill(~extra_keep, lowest)
         scores = torch.cat([scores, extra_scores], dim=-1)
     weights = torch.softmax(scores, dim=-1)
+    if zero_empty_rows:
+        # A row whose keys are all hidden holds only `lowest`: the softmax spreads it
+        # evenly. Multiplying by the allowed pattern zeroes such rows and changes nothing
+        # elsewhere (a hidden key's weight there is already exactly 0).
+        allowed = keep.flatten(-3, -2)  # (..., padded, span)
+        if extra_scores is not None:
+            extra = (torch.ones((), dtype=torch.bool, device=q.device) if extra_keep is None
+                     else extra_keep)
+            lead = torch.broadcast_shapes(allowed.shape[:-1], extra.shape[:-1])
+            allowed = torch.cat([allowed.expand(*lead, span),
+                                 extra.expand(*lead, extra_scores.shape[-1])], dim=-1)
+        weights = weights * allowed
 
     band_weights = weights[..., :span].unflatten(-2, (num_blocks, block))
     out = (band_weights @ v_blocks).flatten(-3, -2)  # (..., padded, dim_v)
@@ -167,10 +192,11 @@ def sliding_window_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    window: int,
     *,
+    window: int,
     causal: bool = False,
     dilation: int = 1,
+    key_padding_mask: Tensor | None = None,
     scale: float | None = None,
 ) -> Tensor:
     """Sliding-window (optionally dilated) self-attention in O(seq * window) memory.
@@ -178,33 +204,53 @@ def sliding_window_attention(
     q: (batch, heads, seq, d_k); k: (batch, kv_heads, seq, d_k); v: (batch, kv_heads,
     seq, d_v). Query i attends keys i + t*dilation for t in [-window, window]
     (t in [-window, 0] when ``causal``) that lie inside the sequence, exactly the True
-    entries of ``sliding_window_mask``. Returns the output (batch, heads, seq, d_v).
+    entries of ``sliding_window_mask``. key_padding_mask: (batch, seq) boolean, True = real
+    token; padded keys are hidden from every window, and a query whose window holds no
+    real key gets zeros (as ``scaled_dot_product_attention`` gives a fully masked row).
+    Returns the output (batch, heads, seq, d_v).
     """
     num_heads = _check_self_attention(q, k, v)
     _check_window(window)
     check_positive_int("dilation", dilation)
+    seq = q.shape[2]
+    real = check_key_padding_mask(key_padding_mask, q.shape[0], seq)  # (batch, seq) or None
     k, v = repeat_kv(k, num_heads), repeat_kv(v, num_heads)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     before, after = window, (0 if causal else window)
+    padded = real is not None
     if dilation == 1:
-        return _band_attention(q, k, v, before, after, scale)
+        key_keep = None if real is None else real[:, None, :]  # (batch, 1, seq): every head
+        return _band_attention(q, k, v, before, after, scale, key_keep=key_keep,
+                               zero_empty_rows=padded)
 
-    seq = q.shape[2]
     q, k, v = (_to_residue_classes(x, dilation) for x in (q, k, v))
-    key_keep = _residue_positions(seq, dilation, q.device) < seq  # padding slots are not keys
-    out = _band_attention(q, k, v, before, after, scale, key_keep=key_keep)
+    key_keep = _residue_keep(seq, dilation, real, q.device)  # padding slots are not keys
+    out = _band_attention(q, k, v, before, after, scale, key_keep=key_keep, zero_empty_rows=padded)
     return _from_residue_classes(out, seq)
+
+
+def _residue_keep(seq: int, dilation: int, real: Tensor | None, device) -> Tensor:
+    """Which residue-layout slots hold a real key: (dilation, m), or (batch, 1, dilation, m)
+    with a key padding mask ``real`` (batch, seq). Slots past the sequence are never keys."""
+    positions = _residue_positions(seq, dilation, device)  # (dilation, m)
+    inside = positions < seq
+    if real is None:
+        return inside
+    return inside & real[:, None, positions.clamp(max=seq - 1)]  # (batch, 1, dilation, m)
 # --8<-- [end:sliding]
 
 
 def _check_global_indices(global_indices: object, seq_len: int, device) -> Tensor:
-    """Return the global positions as a sorted int64 tensor on ``device``."""
+    """Return the global positions as a sorted int64 tensor on ``device``.
+
+    ``global_indices``: ints, an integer tensor of positions, or a boolean (seq_len,) mask.
+    """
     if isinstance(global_indices, torch.Tensor):
         if global_indices.dtype == torch.bool:
-            raise TypeError(
-                "global_indices must hold integer positions, got a boolean tensor; "
-                "use mask.nonzero().flatten() to turn a boolean mask into positions"
-            )
+            if tuple(global_indices.shape) != (seq_len,):
+                raise ValueError(f"a boolean global_indices must be a (seq_len,) = ({seq_len},) mask, "
+                                 f"got shape {tuple(global_indices.shape)}")
+            return global_indices.to(device).nonzero().flatten()
         check_rank("global_indices", global_indices, 1, "(num_global,)")
         if global_indices.is_floating_point() or global_indices.is_complex():
             raise TypeError(f"global_indices must be integers, got dtype {global_indices.dtype}")
@@ -232,6 +278,10 @@ def longformer_mask(
     seq_len: int, window: int, global_indices, *, dilation: int = 1, device=None
 ) -> Tensor:
     """``(seq_len, seq_len)`` boolean mask of Longformer attention, True = may attend.
+
+    global_indices: the global positions (ints or an integer tensor) or a boolean
+    (seq_len,) mask, True = global token. For a batch whose sequences have different
+    global tokens, build one mask per sequence (``global_mask[b]``).
 
     A two-sided (dilated) sliding window, plus: global tokens attend to every token
     (their rows are all True) and every token attends to them (their columns are True).
@@ -261,9 +311,10 @@ def longformer_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    window: int,
-    global_indices,
     *,
+    window: int,
+    global_mask: Tensor | None = None,
+    key_padding_mask: Tensor | None = None,
     dilation: int = 1,
     global_q: Tensor | None = None,
     global_k: Tensor | None = None,
@@ -272,51 +323,100 @@ def longformer_attention(
 ) -> Tensor:
     """Longformer self-attention: a sliding window plus global tokens, O(seq * (window + g)).
 
-    q, k, v: (batch, heads, seq, head_dim) (k, v may have fewer heads, as in GQA);
-    global_indices: the g positions that are global, ints or an int64 tensor, shared by
-    the batch. Every ordinary token attends its two-sided window (radius ``window``,
-    ``dilation`` apart) and the global tokens, in one softmax; a global token attends
-    every token. global_q/k/v (same shapes as q/k/v) are the separate global projections
-    Q_g, K_g, V_g: used, as in the reference implementation, for the rows of global
-    tokens only; ordinary rows see global keys through k and v. Without them, the result
-    equals dense attention under ``longformer_mask``. Returns (batch, heads, seq, d_v).
+    q, k, v: (batch, heads, seq, head_dim) (k, v may have fewer heads, as in GQA).
+    global_mask: boolean, True = global token, either (seq,) (the same tokens in every
+    sequence) or (batch, seq) (each sequence its own, e.g. its [CLS] and question tokens);
+    None = no global token. key_padding_mask: (batch, seq) boolean, True = real token;
+    padded keys are hidden from every query. Every ordinary token attends its two-sided
+    window (radius ``window``, ``dilation`` apart) and the global tokens of its sequence,
+    in one softmax; a global token attends every (real) token. global_q/k/v (same shapes
+    as q/k/v) are the separate global projections Q_g, K_g, V_g: used, as in the reference
+    implementation, for the rows of global tokens only; ordinary rows see global keys
+    through k and v. Without them, sequence b equals dense attention under
+    ``longformer_mask(seq, window, global_mask[b])`` ANDed with its padding mask; a query
+    with no real key to attend gets zeros. Returns (batch, heads, seq, d_v).
     """
     num_heads = _check_self_attention(q, k, v)
     _check_window(window)
     check_positive_int("dilation", dilation)
-    seq = q.shape[2]
-    global_idx = _check_global_indices(global_indices, seq, q.device)
+    batch, seq = q.shape[0], q.shape[2]
+    real = check_key_padding_mask(key_padding_mask, batch, seq)     # (batch, seq) or None
+    is_global = _check_global_mask(global_mask, batch, seq, q.device)  # (batch, seq)
     global_q = _check_global_projection("global_q", global_q, q)
     global_k = _check_global_projection("global_k", global_k, k)
     global_v = _check_global_projection("global_v", global_v, v)
     k, v = repeat_kv(k, num_heads), repeat_kv(v, num_heads)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
 
-    # 1) Ordinary rows: window keys + global columns, one softmax per query.
-    global_scores = (q @ k[:, :, global_idx].transpose(-2, -1)) * scale  # (batch, heads, seq, g)
-    global_values = v[:, :, global_idx]  # (batch, heads, g, d_v)
-    not_global = torch.ones(seq, dtype=torch.bool, device=q.device)
-    not_global[global_idx] = False  # a global key is counted once, as a column, not in the window
-    out = _windowed_with_extra(q, k, v, window, dilation, scale, not_global,
-                               global_scores, global_values)
+    # Slot s of sequence b holds the position of its s-th global token; sequences with
+    # fewer global tokens than the most fill their last slots with other positions,
+    # marked unused. (batch, g), g = the largest number of global tokens in the batch.
+    g = int(is_global.sum(dim=-1).max())
+    slots = torch.argsort((~is_global).to(torch.uint8), dim=-1, stable=True)[:, :g]
+    slot_used = is_global.gather(1, slots)
+    slot_real = slot_used if real is None else slot_used & real.gather(1, slots)
 
-    # 2) Global rows: a full softmax over all keys with the global projections.
-    global_out, _ = scaled_dot_product_attention(
-        global_q[:, :, global_idx], global_k, global_v, scale=scale
+    # 1) Ordinary rows: window keys + global columns, one softmax per query.
+    global_keys, global_values = _gather_positions(k, slots), _gather_positions(v, slots)
+    global_scores = (q @ global_keys.transpose(-2, -1)) * scale  # (batch, heads, seq, g)
+    # A global key is counted once, as a column, not again inside the window.
+    band_keys = ~is_global if real is None else real & ~is_global  # (batch, seq)
+    out = _windowed_with_extra(q, k, v, window, dilation, scale, band_keys[:, None, :],
+                               global_scores, global_values, slot_real[:, None, None, :],
+                               zero_empty_rows=real is not None)
+
+    # 2) Global rows: a full softmax over all (real) keys with the global projections.
+    padding = None if real is None else real[:, None, None, :]  # (batch, 1, 1, seq)
+    global_out = scaled_dot_product_attention(
+        _gather_positions(global_q, slots), global_k, global_v, padding, scale=scale
     )  # (batch, heads, g, d_v)
-    return out.index_copy(2, global_idx, global_out)
+    index = slots[:, None, :, None].expand(*global_out.shape)
+    # Unused slots point at ordinary positions; `where` keeps those rows from step 1.
+    return torch.where(is_global[:, None, :, None], out.scatter(2, index, global_out), out)
 # --8<-- [end:longformer]
 
 
-def _windowed_with_extra(q, k, v, window, dilation, scale, key_keep, extra_scores, extra_values):
-    """Two-sided band attention with extra columns, in the residue layout when dilated."""
+def _check_global_mask(global_mask: object, batch: int, seq: int, device) -> Tensor:
+    """A (batch, seq) boolean tensor of global tokens from a (seq,) or (batch, seq) mask."""
+    if global_mask is None:
+        return torch.zeros(batch, seq, dtype=torch.bool, device=device)
+    check_tensor("global_mask", global_mask)
+    if global_mask.dtype != torch.bool:
+        raise TypeError(
+            f"global_mask must be boolean (True = global token), got dtype {global_mask.dtype}; "
+            "turn positions into a mask with torch.zeros(seq, dtype=torch.bool) and mask[positions] = True"
+        )
+    if tuple(global_mask.shape) == (seq,):
+        return global_mask.to(device).expand(batch, seq)
+    if tuple(global_mask.shape) != (batch, seq):
+        raise ValueError(
+            f"global_mask must have shape (seq,) = ({seq},) or (batch, seq) = {(batch, seq)}, "
+            f"got {tuple(global_mask.shape)}"
+        )
+    return global_mask.to(device)
+
+
+def _gather_positions(x: Tensor, positions: Tensor) -> Tensor:
+    """Rows ``positions`` (batch, g) of x (batch, heads, seq, f), per sequence: (batch, heads, g, f)."""
+    index = positions[:, None, :, None].expand(x.shape[0], x.shape[1], positions.shape[1], x.shape[3])
+    return x.gather(2, index)
+
+
+def _windowed_with_extra(q, k, v, window, dilation, scale, key_keep, extra_scores, extra_values,
+                         extra_keep, *, zero_empty_rows):
+    """Two-sided band attention with extra columns, in the residue layout when dilated.
+
+    key_keep (batch, 1, seq) hides window keys; extra_keep (batch, 1, 1, g) hides extra columns.
+    """
     if dilation == 1:
         return _band_attention(q, k, v, window, window, scale, key_keep=key_keep,
-                               extra_scores=extra_scores, extra_values=extra_values)
+                               extra_scores=extra_scores, extra_values=extra_values,
+                               extra_keep=extra_keep, zero_empty_rows=zero_empty_rows)
     seq = q.shape[2]
     positions = _residue_positions(seq, dilation, q.device)  # (dilation, m)
-    keep = (positions < seq) & key_keep[positions.clamp(max=seq - 1)]
+    keep = (positions < seq) & key_keep[..., positions.clamp(max=seq - 1)]  # (batch, 1, dilation, m)
     q, k, v, extra_scores = (_to_residue_classes(x, dilation) for x in (q, k, v, extra_scores))
     out = _band_attention(q, k, v, window, window, scale, key_keep=keep,
-                          extra_scores=extra_scores, extra_values=extra_values[:, :, None])
+                          extra_scores=extra_scores, extra_values=extra_values[:, :, None],
+                          extra_keep=extra_keep[:, :, None], zero_empty_rows=zero_empty_rows)
     return _from_residue_classes(out, seq)

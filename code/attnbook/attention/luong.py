@@ -128,9 +128,11 @@ def local_p_weights(scores: Tensor, positions: Tensor, half_window: int,
 # --8<-- [end:local_p]
 
 
-def local_p_attention(query: Tensor, keys: Tensor, scores: Tensor, W_p: Tensor, v_p: Tensor,
-                      half_window: int, source_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Local-p attention from precomputed scores: returns (context, weights).
+def local_p_attention(query: Tensor, keys: Tensor, scores: Tensor, W_p: Tensor, v_p: Tensor, *,
+                      half_window: int, source_mask: Tensor | None = None,
+                      return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Local-p attention from precomputed scores: returns the context (batch, q_len, key_dim),
+    or (context, weights (batch, q_len, src_len)) with ``return_weights=True``.
 
     S in p_t = S·sigmoid(...) is each source's true length, the number of True entries in
     ``source_mask`` (padding is assumed to sit at the end), or src_len without a mask.
@@ -141,7 +143,8 @@ def local_p_attention(query: Tensor, keys: Tensor, scores: Tensor, W_p: Tensor, 
                else torch.full((batch,), src_len, device=keys.device))
     positions = predictive_positions(query, W_p, v_p, lengths)       # (batch, q_len)
     weights = local_p_weights(scores, positions, half_window, source_mask)
-    return weights @ keys, weights                                    # (batch, q_len, key_dim)
+    context = weights @ keys                                          # (batch, q_len, key_dim)
+    return (context, weights) if return_weights else context
 
 
 def luong_output(context: Tensor, query: Tensor, W_c: Tensor) -> Tensor:
@@ -158,9 +161,9 @@ class LuongAttention(nn.Module):
     """Luong global attention with score ``dot | general | concat | location``, or local-p
     attention when ``half_window`` (D) is given.
 
-    ``forward(query, keys, source_mask=None)`` returns ``(out, weights)``: ``out`` is the
-    context c_t, or h̃_t = tanh(W_c [c_t; h_t]) when ``output_layer=True``; weights are
-    (batch, q_len, src_len). ``location`` needs ``max_src_len``.
+    ``forward(query, keys, source_mask=None, *, return_weights=False)`` returns ``out``, or
+    ``(out, weights)`` with ``return_weights=True``: ``out`` is the context c_t, or
+    h̃_t = tanh(W_c [c_t; h_t]) when ``output_layer=True``; weights are (batch, q_len, src_len). ``location`` needs ``max_src_len``.
     """
 
     def __init__(self, query_dim: int, key_dim: int | None = None, *, score: str = "general",
@@ -206,16 +209,19 @@ class LuongAttention(nn.Module):
             return concat_scores(query, keys, self.W_a.weight, self.v_a)
         return location_scores(query, self.W_a.weight, keys.shape[1])
 
-    def forward(self, query: Tensor, keys: Tensor,
-                source_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, query: Tensor, keys: Tensor, source_mask: Tensor | None = None, *,
+                return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         steps, one_step = _as_steps(query)                  # (batch, q_len, query_dim)
         check_rank("keys", keys, 3, "(batch, src_len, key_dim)")
         scores = self.scores(steps, keys)
         if self.half_window is None:                        # global attention
-            context, weights = source_attention(scores, keys, source_mask)
+            context, weights = source_attention(scores, keys, source_mask, return_weights=True)
         else:                                               # local-p attention
             context, weights = local_p_attention(steps, keys, scores, self.W_p.weight, self.v_p,
-                                                 self.half_window, source_mask)
+                                                 half_window=self.half_window,
+                                                 source_mask=source_mask, return_weights=True)
         out = context if self.W_c is None else luong_output(context, steps, self.W_c.weight)
-        return (out[:, 0], weights[:, 0]) if one_step else (out, weights)
+        if one_step:  # drop the q_len axis of a single decoder step
+            out, weights = out[:, 0], weights[:, 0]
+        return (out, weights) if return_weights else out
 # --8<-- [end:module]

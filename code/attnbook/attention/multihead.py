@@ -90,7 +90,8 @@ def multi_head_attention(
     if key_padding_mask is not None:
         mask = combine_masks(mask, key_padding_to_attn_mask(key_padding_mask))
     if need_weights:
-        out, weights = scaled_dot_product_attention(q, k, v, mask, causal=causal, dropout_p=dropout_p)
+        out, weights = scaled_dot_product_attention(q, k, v, mask, causal=causal, dropout_p=dropout_p,
+                                                    return_weights=True)
     else:
         out, weights = sdpa(q, k, v, mask, causal=causal, dropout_p=dropout_p), None
     return F.linear(merge_heads(out), out_proj_weight, out_proj_bias), weights
@@ -117,7 +118,7 @@ def multi_head_attention_loop(x, memory, in_proj_weight, in_proj_bias, out_proj_
         q = F.linear(x, w_q[rows], None if b_q is None else b_q[rows])        # (batch, q_len, head_dim)
         k = F.linear(memory, w_k[rows], None if b_k is None else b_k[rows])   # (batch, k_len, head_dim)
         v = F.linear(memory, w_v[rows], None if b_v is None else b_v[rows])
-        out, _ = scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], attn_mask, causal=causal)
+        out = scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], attn_mask, causal=causal)
         heads.append(out[:, 0])
     return F.linear(torch.cat(heads, dim=-1), out_proj_weight, out_proj_bias)
 # --8<-- [end:loop]

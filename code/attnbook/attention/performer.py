@@ -1,13 +1,13 @@
 """Performer / FAVOR+ (Choromanski et al., 2021, arXiv:2009.14794): softmax from random features.
 
-The softmax kernel is an expectation over a Gaussian vector ω ~ N(0, I_d) (the paper's
-positive random features):
+Vectors are rows, as in the book. The softmax kernel is an expectation over a Gaussian
+row vector ω ~ N(0, I_d) (the paper's positive random features):
 
-    exp(xᵀy) = E_ω[ exp(ωᵀx − ‖x‖²/2) · exp(ωᵀy − ‖y‖²/2) ],
+    exp(xyᵀ) = E_ω[ exp(xωᵀ − ‖x‖²/2) · exp(yωᵀ − ‖y‖²/2) ],
 
-so with m draws ω_1..ω_m and φ(x) = exp(ωᵢᵀx − ‖x‖²/2)_i / √m, the dot product
-φ(x)ᵀφ(y) is an unbiased Monte Carlo estimate of exp(xᵀy) made of *positive* terms.
-Feeding q/d^¼ and k/d^¼ (so that xᵀy = qᵀk/√d) into the linear attention machinery of
+so with r draws ω_1..ω_r and φ(x) = [exp(xωᵢᵀ − ‖x‖²/2)]_i / √r, the dot product
+φ(x)φ(y)ᵀ is an unbiased Monte Carlo estimate of exp(xyᵀ) made of *positive* terms.
+Feeding q/d^¼ and k/d^¼ (so that xyᵀ = qkᵀ/√d) into the linear attention machinery of
 ``linear.py`` gives D⁻¹φ(Q)(φ(K)ᵀV) ≈ softmax(QKᵀ/√d)V in time linear in n.
 
 Variance is reduced by drawing the ω's *orthogonal* to each other (in blocks of d
@@ -15,11 +15,12 @@ rows, from the QR decomposition of Gaussian matrices) and giving each row the le
 an independent Gaussian vector, so that every row is still marginally N(0, I_d).
 
 For comparison the module also has the older trigonometric features
-φ(x) = exp(‖x‖²/2)[sin(ωᵢᵀx), cos(ωᵢᵀx)] / √m (Rahimi & Recht), also unbiased for
-exp(xᵀy), but made of terms of both signs: the estimated "attention weights" and even
+φ(x) = exp(‖x‖²/2)[sin(xωᵢᵀ), cos(xωᵢᵀ)] / √r (Rahimi & Recht), also unbiased for
+exp(xyᵀ), but made of terms of both signs: the estimated "attention weights" and even
 their row sums can be zero or negative, which is what FAVOR+ fixes.
 
-Projections ``omega`` are (m, head_dim), shared by all heads, or (heads, m, head_dim).
+Projections ``omega`` are (r, head_dim), shared by all heads, or (heads, r, head_dim), for
+r random features (the paper's m; in the book m is the number of keys).
 Tensors follow the book's layout (batch, heads, seq, head_dim);
 ``key_padding_mask`` is boolean (batch, k_len), **True = real key**.
 """
@@ -53,7 +54,7 @@ def gaussian_random_matrix(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Draw the projection ω ∈ ℝ^{num_features × dim}; each row is marginally N(0, I_dim).
+    """Draw the projection ω ∈ ℝ^{r × dim}, r = num_features; each row is marginally N(0, I_dim).
 
     orthogonal=False: iid Gaussian rows. orthogonal=True: rows come in blocks of ``dim``
     mutually orthogonal unit vectors (a uniformly random rotation per block, from QR),
@@ -69,20 +70,20 @@ def gaussian_random_matrix(
     if not orthogonal:
         omega = torch.randn(num_features, dim, **draw)
         return omega.to(device=device, dtype=dtype)
-    num_blocks = -(-num_features // dim)                          # ceil(m / d)
+    num_blocks = -(-num_features // dim)                          # ceil(r / d)
     gaussian = torch.randn(num_blocks, dim, dim, **draw)
-    q, r = torch.linalg.qr(gaussian)                             # (blocks, d, d) each
+    q_factor, r_factor = torch.linalg.qr(gaussian)               # (blocks, d, d) each
     # QR is unique only up to column signs; fixing sign(diag R) > 0 makes Q uniformly
     # distributed over rotations (Haar), so each direction is uniform on the sphere.
-    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
-    directions = q.transpose(-2, -1).reshape(num_blocks * dim, dim)[:num_features]
+    q_factor = q_factor * torch.sign(torch.diagonal(r_factor, dim1=-2, dim2=-1)).unsqueeze(-2)
+    directions = q_factor.transpose(-2, -1).reshape(num_blocks * dim, dim)[:num_features]
     lengths = torch.randn(num_features, dim, **draw).norm(dim=-1)  # χ_d distributed
     return (directions * lengths.unsqueeze(-1)).to(device=device, dtype=dtype)
 # --8<-- [end:random_matrix]
 
 
 def _project(x: Tensor, omega: Tensor) -> Tensor:
-    """ωᵀx for every row ω of ``omega``: (..., d) -> (..., m), or per head for 3-D omega."""
+    """xωᵀ for every row ω of ``omega``: (..., d) -> (..., r), or per head for 3-D omega."""
     check_tensor("omega", omega)
     if omega.shape[-1] != x.shape[-1]:
         raise ValueError(
@@ -90,26 +91,26 @@ def _project(x: Tensor, omega: Tensor) -> Tensor:
             f"(omega {tuple(omega.shape)}, input {tuple(x.shape)})"
         )
     if omega.dim() == 2:
-        return x @ omega.transpose(-2, -1)                           # (..., m)
+        return x @ omega.transpose(-2, -1)                           # (..., r)
     if omega.dim() == 3:
         check_rank("x", x, 4, "(batch, heads, seq, head_dim) when omega is per head")
         if omega.shape[0] != x.shape[1]:
             raise ValueError(f"per-head omega {tuple(omega.shape)} needs {omega.shape[0]} heads, "
                              f"the input has {x.shape[1]} (shape {tuple(x.shape)})")
-        return torch.einsum("bhnd,hmd->bhnm", x, omega)              # (batch, heads, seq, m)
+        return torch.einsum("bhnd,hrd->bhnr", x, omega)              # (batch, heads, seq, r)
     raise ValueError(
-        f"omega must be (m, head_dim) or (heads, m, head_dim), got {tuple(omega.shape)}")
+        f"omega must be (r, head_dim) or (heads, r, head_dim), got {tuple(omega.shape)}")
 
 
 # --8<-- [start:positive]
 def positive_features(x: Tensor, omega: Tensor) -> Tensor:
-    """φ(x) = exp(ωᵢᵀx − ‖x‖²/2)_i / √m: (..., d) -> (..., m), every entry > 0.
+    """φ(x) = [exp(xωᵢᵀ − ‖x‖²/2)]_i / √r: (..., d) -> (..., r), every entry > 0.
 
-    The raw FAVOR+ features: φ(x)ᵀφ(y) is an unbiased estimate of exp(xᵀy). The
+    The raw FAVOR+ features: φ(x)φ(y)ᵀ is an unbiased estimate of exp(xyᵀ). The
     exponent is not bounded, so large inputs can overflow; see
     ``positive_features_stable`` for what attention uses.
     """
-    projected = _project(x, omega)                        # ωᵢᵀx: (..., m)
+    projected = _project(x, omega)                        # xωᵢᵀ: (..., r)
     half_sq_norm = 0.5 * (x * x).sum(-1, keepdim=True)    # ‖x‖²/2: (..., 1)
     return torch.exp(projected - half_sq_norm) / math.sqrt(omega.shape[-2])
 # --8<-- [end:positive]
@@ -119,12 +120,12 @@ def positive_features(x: Tensor, omega: Tensor) -> Tensor:
 def positive_features_stable(x: Tensor, omega: Tensor, *, role: Literal["query", "key"]) -> Tensor:
     """``positive_features`` times a positive constant that cancels in attention.
 
-    Every exponent ωᵢᵀx − ‖x‖²/2 is shifted by its maximum so the largest feature is
-    exactly 1/√m and nothing overflows. For queries the maximum is taken per query (over
-    the m features): a per-row factor, cancelled by the row's own normaliser D. For keys
+    Every exponent xωᵢᵀ − ‖x‖²/2 is shifted by its maximum so the largest feature is
+    exactly 1/√r and nothing overflows. For queries the maximum is taken per query (over
+    the r features): a per-row factor, cancelled by the row's own normaliser D. For keys
     it is taken over all keys and features of a (batch, head): one factor for the whole
     of φ(K), cancelled between φ(K)ᵀV and Σφ(k_j). The attention output is unchanged, but
-    φ(x)ᵀφ(y) is no longer an estimate of exp(xᵀy): use ``positive_features`` for that.
+    φ(x)φ(y)ᵀ is no longer an estimate of exp(xyᵀ): use ``positive_features`` for that.
     The shift is a constant as far as the output is concerned, so it is detached.
     (With a causal mask the key shift also sees future keys; it still cancels exactly,
     but a huge future key could underflow the features of earlier ones.)
@@ -140,12 +141,12 @@ def positive_features_stable(x: Tensor, omega: Tensor, *, role: Literal["query",
 
 # --8<-- [start:trigonometric]
 def trigonometric_features(x: Tensor, omega: Tensor) -> Tensor:
-    """φ(x) = exp(‖x‖²/2)[sin(ωᵢᵀx), cos(ωᵢᵀx)]_i / √m: (..., d) -> (..., 2m).
+    """φ(x) = exp(‖x‖²/2)[sin(xωᵢᵀ), cos(xωᵢᵀ)]_i / √r: (..., d) -> (..., 2r).
 
-    φ(x)ᵀφ(y) = exp((‖x‖² + ‖y‖²)/2) · mean_i cos(ωᵢᵀ(x − y)) is unbiased for exp(xᵀy),
+    φ(x)φ(y)ᵀ = exp((‖x‖² + ‖y‖²)/2) · mean_i cos((x − y)ωᵢᵀ) is unbiased for exp(xyᵀ),
     but its terms have both signs, so an estimate can be ≤ 0.
     """
-    projected = _project(x, omega)                                    # (..., m)
+    projected = _project(x, omega)                                    # (..., r)
     scale = torch.exp(0.5 * (x * x).sum(-1, keepdim=True)) / math.sqrt(omega.shape[-2])
     return scale * torch.cat([torch.sin(projected), torch.cos(projected)], dim=-1)
 # --8<-- [end:trigonometric]
@@ -153,7 +154,7 @@ def trigonometric_features(x: Tensor, omega: Tensor) -> Tensor:
 
 def softmax_kernel_estimate(x: Tensor, y: Tensor, omega: Tensor,
                             *, features: FeatureKind = "positive") -> Tensor:
-    """φ(x)ᵀφ(y), the random-feature estimate of exp(xᵀy); x, y: (..., d) -> (...)."""
+    """φ(x)φ(y)ᵀ, the random-feature estimate of exp(xyᵀ); x, y: (..., d) -> (...)."""
     feature_map = _feature_map(features)
     return (feature_map(x, omega) * feature_map(y, omega)).sum(-1)
 
@@ -171,10 +172,10 @@ def performer_feature_maps(
     q: Tensor, k: Tensor, omega: Tensor, *, features: FeatureKind = "positive",
     stable: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """φ(q/d^¼) and φ(k/d^¼), so that φ(q)ᵀφ(k) estimates exp(qᵀk/√d).
+    """φ(q/d^¼) and φ(k/d^¼), so that φ(q)φ(k)ᵀ estimates exp(qkᵀ/√d).
 
     q: (batch, heads, q_len, d); k: (batch, kv_heads, k_len, d). Returns tensors of
-    the same layout with m features (2m for trigonometric). For positive features
+    the same layout with r features (2r for trigonometric), r = omega's rows. For positive features
     ``stable`` selects ``positive_features_stable`` (the same attention output, no
     overflow or underflow); the trigonometric map has no stable variant.
     """
@@ -205,8 +206,8 @@ def performer_attention(
     """FAVOR+ attention: D⁻¹φ(Q)(φ(K)ᵀV) ≈ softmax(QKᵀ/√d)V, linear in n.
 
     q: (batch, heads, q_len, d); k: (batch, kv_heads, k_len, d); v: (batch, kv_heads,
-    k_len, d_v); omega: (m, d) from ``gaussian_random_matrix``, shared by the heads, or
-    (heads, m, d), one per head (then kv_heads must equal heads).
+    k_len, d_v); omega: (r, d) from ``gaussian_random_matrix`` for r random features,
+    shared by the heads, or (heads, r, d), one per head (then kv_heads must equal heads).
     causal: query i sees keys j ≤ i (prefix sums, via ``causal_kernelized_attention``).
     key_padding_mask: (batch, k_len), True = real key. Returns (batch, heads, q_len, d_v).
     """
@@ -224,7 +225,7 @@ def performer_attention(
 
 
 def default_num_features(head_dim: int) -> int:
-    """m = ⌈d·ln d⌉ (at least d), following the paper's m = Θ(d log d) features."""
+    """r = ⌈d·ln d⌉ (at least d), following the paper's Θ(d log d) features (its m)."""
     return max(head_dim, math.ceil(head_dim * math.log(head_dim)))
 
 

@@ -156,8 +156,10 @@ def attention_with_bias(
     *,
     causal: bool = False,
     scale: float | None = None,
-) -> tuple[Tensor, Tensor]:
-    """softmax(Q Kᵀ·scale + bias) V with an additive float ``bias``. Returns (output, weights).
+    return_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """softmax(Q Kᵀ·scale + bias) V with an additive float ``bias``. Returns the output
+    (batch, heads, q_len, d_v), or (output, weights) with ``return_weights=True``.
 
     q: (batch, heads, q_len, d); k, v: (batch, kv_heads, k_len, d); bias: float, broadcastable
     to (batch, heads, q_len, k_len) (e.g. ``alibi_bias(...)`` or ``T5RelativePositionBias``);
@@ -176,7 +178,8 @@ def attention_with_bias(
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = stable_softmax(scores, dim=-1)
-    return weights @ v, weights
+    out = weights @ v
+    return (out, weights) if return_weights else out
 # --8<-- [end:bias_attention]
 
 
@@ -236,8 +239,10 @@ def shaw_attention(
     *,
     causal: bool = False,
     scale: float | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Self-attention with relative position representations. Returns (output, weights).
+    return_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Self-attention with relative position representations. Returns the output
+    (batch, heads, q_len, d), or (output, weights) with ``return_weights=True``.
 
     e_ij = q_i·(k_j + a^K_ij)·scale,  z_i = Σ_j α_ij (v_j + a^V_ij)   (Shaw Eqs. 3-4).
     q: (batch, heads, q_len, d); k, v: (batch, kv_heads, k_len, d); tables: (2K + 1, d),
@@ -263,15 +268,15 @@ def shaw_attention(
     if rel_value_table is not None:
         a_value = shaw_relative_embeddings(rel_value_table, q_len, k_len)
         out = out + torch.einsum("bhij,ijd->bhid", weights, a_value)  # Σ_j α_ij a^V_ij
-    return out, weights
+    return (out, weights) if return_weights else out
 # --8<-- [end:shaw]
 
 
 class ShawRelativePosition(nn.Module):
     """Holds Shaw's two tables w^K, w^V of shape (2 * max_distance + 1, head_dim).
 
-    ``forward(q, k, v, mask=None, causal=False)`` runs ``shaw_attention`` and returns
-    (output, weights). ``values=False`` drops a^V (Shaw et al., Table 3, found it unneeded
+    ``forward(q, k, v, mask=None, *, causal=False, return_weights=False)`` runs
+    ``shaw_attention`` and returns its output (or (output, weights)). ``values=False`` drops a^V (Shaw et al., Table 3, found it unneeded
     for translation).
     """
 
@@ -286,9 +291,9 @@ class ShawRelativePosition(nn.Module):
                                 if values else None)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *,
-                causal: bool = False) -> tuple[Tensor, Tensor]:
+                causal: bool = False, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         return shaw_attention(q, k, v, self.rel_key_table, self.rel_value_table, mask,
-                              causal=causal)
+                              causal=causal, return_weights=return_weights)
 
 
 # --8<-- [start:t5_bucket]

@@ -57,15 +57,15 @@ def _check_generator(generator: object) -> torch.Generator:
     return generator
 
 
-def random_rotations(head_dim: int, num_buckets: int, num_rounds: int, generator: torch.Generator,
-                     *, dtype=torch.float32, device=None) -> Tensor:
+def random_rotations(head_dim: int, *, num_buckets: int, num_rounds: int, generator: torch.Generator,
+                     dtype=torch.float32, device=None) -> Tensor:
     """One Gaussian R ∈ ℝ^{d×b/2} per round: shape (num_rounds, head_dim, num_buckets // 2)."""
     shape = (num_rounds, head_dim, num_buckets // 2)
     return torch.randn(shape, generator=generator, dtype=dtype, device=device)
 
 
 # --8<-- [start:hash]
-def lsh_hash(x: Tensor, num_buckets: int, generator: torch.Generator,
+def lsh_hash(x: Tensor, *, num_buckets: int, generator: torch.Generator,
              num_rounds: int = 1) -> Tensor:
     """Angular LSH: h(x) = argmax([xR; −xR]), one random R per round.
 
@@ -81,8 +81,8 @@ def lsh_hash(x: Tensor, num_buckets: int, generator: torch.Generator,
     batch, heads, seq, head_dim = x.shape
     if num_buckets == 1:
         return torch.zeros(batch, heads, num_rounds, seq, dtype=torch.long, device=x.device)
-    rotations = random_rotations(head_dim, num_buckets, num_rounds, generator,
-                                 dtype=x.dtype, device=x.device)             # (rounds, d, b/2)
+    rotations = random_rotations(head_dim, num_buckets=num_buckets, num_rounds=num_rounds,
+                                 generator=generator, dtype=x.dtype, device=x.device)  # (rounds, d, b/2)
     projected = torch.einsum("bhsd,rdk->bhrsk", x, rotations)     # (batch, heads, rounds, seq, b/2)
     return torch.cat([projected, -projected], dim=-1).argmax(dim=-1)  # (batch, heads, rounds, seq)
 # --8<-- [end:hash]
@@ -124,7 +124,7 @@ def _look_one_back(x: Tensor) -> Tensor:
 
 
 # --8<-- [start:chunks]
-def attend_within_chunks(queries: Tensor, values: Tensor, positions: Tensor, causal: bool,
+def attend_within_chunks(queries: Tensor, values: Tensor, positions: Tensor, *, causal: bool,
                          scale: float) -> tuple[Tensor, Tensor]:
     """Each chunk of sorted tokens attends to itself and to the chunk before it.
 
@@ -151,15 +151,16 @@ def attend_within_chunks(queries: Tensor, values: Tensor, positions: Tensor, cau
 
 
 # --8<-- [start:lsh_attention]
-def lsh_attention(qk: Tensor, v: Tensor, num_buckets: int, chunk_size: int, num_rounds: int,
-                  generator: torch.Generator, causal: bool = False, *, scale: float = 1.0,
+def lsh_attention(qk: Tensor, v: Tensor, *, num_buckets: int, chunk_size: int, num_rounds: int,
+                  generator: torch.Generator, causal: bool = False, scale: float = 1.0,
                   return_buckets: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Shared-QK attention restricted to LSH chunks, combined over hash rounds.
 
     qk: (batch, heads, seq, d) (queries; keys are their unit vectors); v: (batch, heads,
     seq, v_dim); seq must be a multiple of chunk_size. Scores are q_i·k_j·scale (unit
-    keys already keep them O(‖q‖)). Returns out (batch, heads, seq, v_dim) and, if
-    asked, the buckets (batch, heads, num_rounds, seq). With v = identity, out is the
+    keys already keep them O(‖q‖)). Every argument after v is keyword-only (three
+    integers that are easy to swap). Returns out (batch, heads, seq, v_dim), or
+    ``(out, buckets (batch, heads, num_rounds, seq))`` with ``return_buckets=True``. With v = identity, out is the
     effective (seq × seq) attention matrix.
     """
     check_rank("qk", qk, 4, "(batch, heads, seq, head_dim)")
@@ -171,13 +172,13 @@ def lsh_attention(qk: Tensor, v: Tensor, num_buckets: int, chunk_size: int, num_
     batch, heads, seq, _ = qk.shape
     check_divisible("seq", seq, "chunk_size", chunk_size)
 
-    buckets = lsh_hash(qk, num_buckets, generator, num_rounds)     # (b, h, rounds, seq)
+    buckets = lsh_hash(qk, num_buckets=num_buckets, generator=generator, num_rounds=num_rounds)
     qk_sorted, order = sort_by_bucket(qk[:, :, None], buckets)     # (b, h, rounds, seq, d)
     v_sorted = _gather_rows(v[:, :, None], order)                  # (b, h, rounds, seq, v_dim)
     split = (batch, heads, num_rounds, seq // chunk_size, chunk_size)
     # (b, h, r, chunks, chunk, v_dim) and (b, h, r, chunks, chunk)
     out, lse = attend_within_chunks(qk_sorted.view(*split, -1), v_sorted.view(*split, -1),
-                                    order.view(*split), causal, scale)
+                                    order.view(*split), causal=causal, scale=scale)
     out = unsort(out.view(batch, heads, num_rounds, seq, -1), order)     # (b, h, r, seq, v_dim)
     lse = unsort(lse.view(batch, heads, num_rounds, seq, 1), order)      # (b, h, r, seq, 1)
     out = (torch.softmax(lse, dim=2) * out).sum(dim=2)   # round r weighs e^{lse_r} / Σ e^{lse}
@@ -186,13 +187,14 @@ def lsh_attention(qk: Tensor, v: Tensor, num_buckets: int, chunk_size: int, num_
 
 
 # --8<-- [start:full]
-def full_shared_qk_attention(qk: Tensor, v: Tensor, causal: bool = False, *,
-                             scale: float = 1.0) -> tuple[Tensor, Tensor]:
+def full_shared_qk_attention(qk: Tensor, v: Tensor, *, causal: bool = False, scale: float = 1.0,
+                             return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Dense shared-QK attention with the self-mask rule: what LSH attention approximates.
 
     qk: (batch, heads, seq, d); v: (batch, heads, seq, v_dim). Keys are qk's unit
     vectors; each token's own score is ``SELF_SCORE``; causal hides later positions.
-    Returns ``(out, weights)`` with weights (batch, heads, seq, seq), rows summing to 1.
+    Returns ``out`` (batch, heads, seq, v_dim), or ``(out, weights)`` with
+    ``return_weights=True``, weights (batch, heads, seq, seq) with rows summing to 1.
     """
     check_rank("qk", qk, 4, "(batch, heads, seq, head_dim)")
     check_rank("v", v, 4, "(batch, heads, seq, v_dim)")
@@ -203,7 +205,8 @@ def full_shared_qk_attention(qk: Tensor, v: Tensor, causal: bool = False, *,
     if causal:
         scores = scores.masked_fill(~causal_mask(seq, device=qk.device), -math.inf)
     weights = stable_softmax(scores, dim=-1)
-    return weights @ v, weights
+    out = weights @ v
+    return (out, weights) if return_weights else out
 # --8<-- [end:full]
 
 
@@ -214,8 +217,8 @@ class LSHSelfAttention(nn.Module):
     freshly seeded one to make a call reproducible.
     """
 
-    def __init__(self, d_model: int, num_heads: int, num_buckets: int, chunk_size: int,
-                 num_rounds: int = 1, causal: bool = False, *, device=None, dtype=None):
+    def __init__(self, d_model: int, num_heads: int, *, num_buckets: int, chunk_size: int,
+                 num_rounds: int = 1, causal: bool = False, device=None, dtype=None):
         super().__init__()
         check_positive_int("d_model", d_model)
         check_positive_int("num_heads", num_heads)
@@ -233,6 +236,6 @@ class LSHSelfAttention(nn.Module):
         check_rank("x", check_tensor("x", x), 3, "(batch, seq, d_model)")
         qk = split_heads(self.qk_proj(x), self.num_heads)     # (batch, heads, seq, head_dim)
         v = split_heads(self.v_proj(x), self.num_heads)
-        out = lsh_attention(qk, v, self.num_buckets, self.chunk_size, self.num_rounds, generator,
-                            self.causal)
+        out = lsh_attention(qk, v, num_buckets=self.num_buckets, chunk_size=self.chunk_size,
+                            num_rounds=self.num_rounds, generator=generator, causal=self.causal)
         return self.out_proj(merge_heads(out))                 # (batch, seq, d_model)

@@ -64,7 +64,7 @@ def _check_num_summary(num_summary: int, stride: int) -> int:
 
 
 # --8<-- [start:strided_mask]
-def strided_mask(seq_len: int, stride: int, *, component: str = "both", device=None) -> Tensor:
+def strided_mask(seq_len: int, *, stride: int, component: str = "both", device=None) -> Tensor:
     """``(seq_len, seq_len)`` boolean mask of the strided pattern, True = may attend.
 
     component: "local" (A1: the previous ``stride`` positions, itself included),
@@ -84,7 +84,7 @@ def strided_mask(seq_len: int, stride: int, *, component: str = "both", device=N
 
 # --8<-- [start:fixed_mask]
 def fixed_mask(
-    seq_len: int, stride: int, num_summary: int = 1, *, component: str = "both", device=None
+    seq_len: int, *, stride: int, num_summary: int = 1, component: str = "both", device=None
 ) -> Tensor:
     """``(seq_len, seq_len)`` boolean mask of the fixed pattern, True = may attend.
 
@@ -108,7 +108,7 @@ def fixed_mask(
 
 # --8<-- [start:strided_index]
 def strided_key_index(
-    seq_len: int, stride: int, *, component: str = "both", device=None
+    seq_len: int, *, stride: int, component: str = "both", device=None
 ) -> tuple[Tensor, Tensor]:
     """The strided pattern as a padded key list, built without a seq x seq matrix.
 
@@ -133,7 +133,7 @@ def strided_key_index(
 
 # --8<-- [start:fixed_index]
 def fixed_key_index(
-    seq_len: int, stride: int, num_summary: int = 1, *, component: str = "both", device=None
+    seq_len: int, *, stride: int, num_summary: int = 1, component: str = "both", device=None
 ) -> tuple[Tensor, Tensor]:
     """The fixed pattern as a padded key list ``(key_index, key_valid)``, each (seq_len, max_keys).
 
@@ -284,12 +284,12 @@ def _previous_row(grid: Tensor) -> Tensor:
 
 # --8<-- [start:strided]
 def strided_attention(
-    q: Tensor, k: Tensor, v: Tensor, stride: int, *, scale: float | None = None
+    q: Tensor, k: Tensor, v: Tensor, *, stride: int, scale: float | None = None
 ) -> Tensor:
     """Causal strided attention (merged head, A1 ∪ A2) by matmuls on the grid, no seq x seq.
 
     q: (batch, heads, seq, d_k); k, v: (batch, kv_heads, seq, d_k / d_v). Equals dense
-    attention under ``strided_mask(seq, stride)``; memory O(seq * (stride + seq/stride)).
+    attention under ``strided_mask(seq, stride=stride)``; memory O(seq * (stride + seq/stride)).
     Returns (batch, heads, seq, d_v).
     """
     num_heads = _check_self_attention(q, k, v)
@@ -325,13 +325,13 @@ def strided_attention(
 
 # --8<-- [start:fixed]
 def fixed_attention(
-    q: Tensor, k: Tensor, v: Tensor, stride: int, num_summary: int = 1, *,
+    q: Tensor, k: Tensor, v: Tensor, *, stride: int, num_summary: int = 1,
     scale: float | None = None,
 ) -> Tensor:
     """Causal fixed attention (merged head, A1 ∪ A2) by matmuls on the grid, no seq x seq.
 
     q: (batch, heads, seq, d_k); k, v: (batch, kv_heads, seq, d_k / d_v). Equals dense
-    attention under ``fixed_mask(seq, stride, num_summary)``; memory
+    attention under ``fixed_mask(seq, stride=stride, num_summary=num_summary)``; memory
     O(seq * (stride + num_summary * seq / stride)). Returns (batch, heads, seq, d_v).
     """
     num_heads = _check_self_attention(q, k, v)

@@ -6,22 +6,26 @@ queries and keys; ``num_layers`` pre-LN blocks of causal self-attention and a GE
 feed-forward network; a final LayerNorm; logits through the transposed token embedding
 (weight tying, Press & Wolf, 2017). ``generate`` samples with a temperature, top-k and
 top-p (nucleus, Holtzman et al., 2020) filtering, and a ``KVCache`` from
-``attnbook.attention.kv_cache``.
+``attnbook.attention.kv_cache`` (or its sliding-window ring buffer). ``num_kv_heads`` <
+``num_heads`` gives grouped-query attention (Ainslie et al., 2023), and ``gpt_to_gqa``
+converts a trained multi-head GPT by mean-pooling its key and value heads.
 
 Layout: tokens ``(batch, seq)`` -> logits ``(batch, seq, vocab)``; attention tensors
 ``(batch, heads, seq, head_dim)``.
 """
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 
 from ..attention._checks import check_positive_int
 from ..attention.dot_product import sdpa
-from ..attention.kv_cache import KVCache, causal_self_attention
+from ..attention.gqa import mha_to_gqa
+from ..attention.kv_cache import KVCache, SlidingWindowCache, causal_self_attention
 from ..attention.multihead import MultiHeadAttention, merge_heads, project_heads
 from ..attention.positional import LearnedPositionalEmbedding, apply_rope
 from ..data.text import CharVocab
@@ -35,10 +39,12 @@ POSITIONS = ("learned", "rope")
 # --8<-- [start:config]
 @dataclass
 class GPTConfig:
-    """Sizes of a GPT. ``d_ff`` defaults to 4 · d_model; ``positions`` is "learned" or "rope".
+    """Sizes of a GPT. ``d_ff`` defaults to 4 · d_model; ``positions`` is "learned" or "rope";
+    ``num_kv_heads`` < ``num_heads`` shares each key/value head among a group of query heads.
 
     ``max_len`` bounds the context with either kind of position. ``dropout`` acts on the
-    embeddings and on each sub-layer's output, as in GPT-2 (not on attention weights).
+    embeddings and on each sub-layer's output (GPT, Radford et al., 2018, §4.1, also dropped
+    attention weights; this library does not).
     """
 
     vocab_size: int
@@ -50,12 +56,19 @@ class GPTConfig:
     dropout: float = 0.0
     positions: str = "learned"
     tie_weights: bool = True
+    num_kv_heads: int | None = None  # grouped-query attention; None = num_heads (multi-head)
 
     def __post_init__(self):
         for name in ("vocab_size", "max_len", "d_model", "num_heads", "num_layers"):
             check_positive_int(name, getattr(self, name))
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+        if self.num_kv_heads is None:
+            self.num_kv_heads = self.num_heads
+        check_positive_int("num_kv_heads", self.num_kv_heads)
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not divisible by "
+                             f"num_kv_heads={self.num_kv_heads}")
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
         if self.positions == "rope" and (self.d_model // self.num_heads) % 2:
@@ -75,22 +88,26 @@ class GPTAttention(nn.Module):
     cached, so a cached key never needs rotating again.
     """
 
-    def __init__(self, d_model: int, num_heads: int, *, rope: bool, device=None, dtype=None):
+    def __init__(self, d_model: int, num_heads: int, num_kv_heads: int | None = None, *, rope: bool,
+                 device=None, dtype=None):
         super().__init__()
-        self.mha = MultiHeadAttention(d_model, num_heads, device=device, dtype=dtype)
+        self.mha = MultiHeadAttention(d_model, num_heads, num_kv_heads, device=device, dtype=dtype)
         self.rope = rope
 
     def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
         m = self.mha
         if not self.rope:  # the cached causal attention of attnbook.attention.kv_cache
             return causal_self_attention(x, m.in_proj_weight, m.in_proj_bias, m.out_proj.weight,
-                                         m.out_proj.bias, m.num_heads, cache=cache, layer=layer)
+                                         m.out_proj.bias, m.num_heads, m.num_kv_heads,
+                                         cache=cache, layer=layer)
         past = 0 if cache is None else cache.seq_len(layer)
-        q, k, v = project_heads(x, None, m.in_proj_weight, m.in_proj_bias, m.num_heads, m.num_heads)
-        q, k = apply_rope(q, offset=past), apply_rope(k, offset=past)  # (batch, heads, new, head_dim)
+        q, k, v = project_heads(x, None, m.in_proj_weight, m.in_proj_bias, m.num_heads, m.num_kv_heads)
+        q, k = apply_rope(q, offset=past), apply_rope(k, offset=past)  # k: (batch, kv_heads, new, head_dim)
+        mask = None
         if cache is not None:
-            k, v = cache.update(layer, k, v)                           # (batch, heads, past + new, head_dim)
-        out = sdpa(q, k, v, causal=True)                                # bottom-right causal mask
+            k, v = cache.update(layer, k, v)                           # (batch, kv_heads, past + new, head_dim)
+            mask = cache.mask(q.shape[2], k.shape[2], device=q.device)  # a sliding window's band, or None
+        out = sdpa(q, k, v, mask, causal=True)                          # bottom-right causal mask
         return m.out_proj(merge_heads(out))
 # --8<-- [end:attention]
 
@@ -106,8 +123,8 @@ class GPTBlock(nn.Module):
     def __init__(self, config: GPTConfig, *, device=None, dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self.attn = GPTAttention(config.d_model, config.num_heads, rope=config.positions == "rope",
-                                 **factory)
+        self.attn = GPTAttention(config.d_model, config.num_heads, config.num_kv_heads,
+                                 rope=config.positions == "rope", **factory)
         self.feed_forward = FeedForward(config.d_model, config.d_ff, activation="gelu", **factory)
         self.attn_block = Residual(config.d_model, config.dropout, norm_first=True, **factory)
         self.ff_block = Residual(config.d_model, config.dropout, norm_first=True, **factory)
@@ -144,7 +161,9 @@ class GPT(nn.Module):
     def reset_parameters(self) -> None:
         """N(0, 0.02) for every matrix (GPT, Radford et al., 2018, and GPT-2's code); the
         projections that write into the residual stream scaled down by 1/sqrt(N) for the
-        N = 2 · num_layers residual sub-layers (GPT-2, §2.3)."""
+        N = 2 · num_layers residual sub-layers (GPT-2, §2.3). Attention biases are zero (set by
+        ``MultiHeadAttention``); the feed-forward biases keep PyTorch's default uniform
+        initialisation (GPT-2's code sets them to zero), and LayerNorms start at gain 1, bias 0."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=0.02)
@@ -155,8 +174,12 @@ class GPT(nn.Module):
             nn.init.normal_(block.attn.mha.out_proj.weight, std=residual_std)
             nn.init.normal_(block.feed_forward.linear2.weight, std=residual_std)
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.config.num_layers)
+    def new_cache(self, window: int | None = None) -> KVCache:
+        """An empty KV cache; with ``window``, a ``SlidingWindowCache`` that keeps only the
+        last ``window`` tokens (each query then sees itself and ``window`` tokens before it)."""
+        if window is None:
+            return KVCache(self.config.num_layers)
+        return SlidingWindowCache(self.config.num_layers, window)
 
     def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
         _check_tokens("tokens", tokens)
@@ -172,6 +195,34 @@ class GPT(nn.Module):
             x = block(x, cache, layer)
         return self.lm_head(self.norm(x))                                 # (batch, new, vocab)
 # --8<-- [end:model]
+
+
+# --8<-- [start:to_gqa]
+@torch.no_grad()
+def gpt_to_gqa(model: GPT, num_kv_heads: int) -> GPT:
+    """A copy of a multi-head GPT with ``num_kv_heads`` key/value heads per layer, each the
+    mean of the K and V projection heads of its group (Ainslie et al., 2023, §2.1 for a single
+    head, §2.2 for groups).
+
+    Queries, output projections and everything outside attention are copied unchanged;
+    ``num_kv_heads = num_heads`` gives back the same function, 1 gives multi-query attention.
+    The copy usually needs a short "uptraining" to recover the quality the pooling lost.
+    """
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a GPT, got {type(model).__name__}")
+    num_heads = model.config.num_heads
+    if model.config.num_kv_heads != num_heads:
+        raise ValueError(f"model must be multi-head (num_kv_heads == num_heads), got "
+                         f"num_heads={num_heads}, num_kv_heads={model.config.num_kv_heads}")
+    check_positive_int("num_kv_heads", num_kv_heads)
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_heads={num_heads} is not divisible by num_kv_heads={num_kv_heads}")
+    grouped = copy.deepcopy(model)  # keeps the tied embedding tied
+    grouped.config = replace(model.config, num_kv_heads=num_kv_heads)
+    for block in grouped.blocks:
+        block.attn.mha = mha_to_gqa(block.attn.mha, num_kv_heads)  # (h + 2 h_kv) d_h rows
+    return grouped
+# --8<-- [end:to_gqa]
 
 
 # --8<-- [start:filters]
@@ -194,6 +245,8 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     """
     if not 0.0 < p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {p}")
+    if p >= 1.0:  # the whole distribution; float32 cumulative sums reach 1 before the tail ends
+        return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     probs = torch.softmax(sorted_logits, dim=-1)
     mass_before = torch.cumsum(probs, dim=-1) - probs      # (..., vocab), 0 for the first
@@ -252,6 +305,7 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, *, temperature: fl
         step_input = next_token
     return tokens
 # --8<-- [end:generate]
+
 
 
 # --8<-- [start:save]

@@ -45,7 +45,7 @@ class PositionAttention(nn.Module):
         if self.rope:                     # rotate q and k, never v: (batch, heads, seq, head_dim)
             q = apply_rope(q, layout=self.rope_layout, position_scale=rope_scale)
             k = apply_rope(k, layout=self.rope_layout, position_scale=rope_scale)
-        out, _ = attention_with_bias(q, k, v, bias, causal=True)
+        out = attention_with_bias(q, k, v, bias, causal=True)
         return self.out(out.transpose(1, 2).flatten(2))          # (batch, seq, d_model)
 # --8<-- [end:attention]
 

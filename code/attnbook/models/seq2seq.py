@@ -151,7 +151,7 @@ class Seq2Seq(nn.Module):
                 context = memory["context"]
             else:                                        # c_i: the previous state s_{i-1} asks
                 context, weights = self.attn(hidden, memory["states"], memory["mask"],
-                                             projected_keys=memory["projected"])
+                                             projected_keys=memory["projected"], return_weights=True)
             hidden = self.cell(torch.cat([embedded, context], -1), hidden)   # s_i
             features = torch.tanh(self.deep_out(torch.cat([hidden, context, embedded], -1)))
         else:                                            # Luong: the new state h_t asks
@@ -178,9 +178,10 @@ class Seq2Seq(nn.Module):
             scores = dot_scores(query, memory["projected"])
         if self.attention == "local-p":
             context, weights = local_p_attention(query, states, scores, attn.W_p.weight, attn.v_p,
-                                                 attn.half_window, mask)
+                                                 half_window=attn.half_window, source_mask=mask,
+                                                 return_weights=True)
         else:
-            context, weights = source_attention(scores, states, mask)
+            context, weights = source_attention(scores, states, mask, return_weights=True)
         return luong_output(context, query, attn.W_c.weight)[:, 0], weights[:, 0]
 
     def forward(self, src: Tensor, src_lengths: Tensor,

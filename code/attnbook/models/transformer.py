@@ -281,8 +281,8 @@ class ScaledEmbedding(nn.Module):
 class EncoderDecoder(nn.Module):
     """The whole translation model: source and target embeddings, encoder, decoder, output.
 
-    forward(src (batch, src_len), tgt_in (batch, tgt_len) = <bos> y_1 ... y_{T-1}) ->
-    logits (batch, tgt_len, tgt_vocab) for y_1 ... y_T. ``tie_output=True`` uses the target
+    forward(src (batch, src_len), tgt_in (batch, tgt_len) = <bos> y_1 ... y_T (padded)) ->
+    logits (batch, tgt_len, tgt_vocab) for y_1 ... y_T <eos>. ``tie_output=True`` uses the target
     embedding table as the output projection (§3.4; the paper also shares it with the source
     embedding when both languages use one vocabulary).
     """
