@@ -428,34 +428,28 @@ ratio_cifar = mean_decode_ratio(3072)
 def draw_decode(theme: str):
     c = colors(theme)
     fig, axes = plt.subplots(1, 2, figsize=(6.8, 3.0))
-    ax = axes[0]
-    ax.plot(DEC_LENGTHS, [1e6 * s for s in softmax_times], "o-", color=c["palette"][3], markersize=4,
-            label="softmax + KV cache")
-    ax.plot(DEC_LENGTHS, [1e6 * s for s in linear_times], "s-", color=c["palette"][0], markersize=4,
-            label="linear (state U, z)")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("tokens already generated t", fontsize=9)
-    ax.set_ylabel("µs per token (attention)", fontsize=9)
-    ax.set_title("time per decoded token", fontsize=9)
-    ax.legend(frameon=False, fontsize=8)
-    ax.yaxis.set_minor_formatter(plt.NullFormatter())
-    ax.tick_params(which="both", labelsize=8)
-    ax.grid(True, alpha=0.5)
-    ax = axes[1]
-    ax.plot(DEC_LENGTHS, [b / 2**20 for b in cache_bytes], "o-", color=c["palette"][3], markersize=4,
-            label="KV cache")
-    ax.plot(DEC_LENGTHS, [state_bytes / 2**20] * len(DEC_LENGTHS), "s-", color=c["palette"][0],
-            markersize=4, label="linear state")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("tokens already generated t", fontsize=9)
-    ax.set_ylabel("MiB per layer", fontsize=9)
-    ax.set_title("memory carried between steps", fontsize=9)
-    ax.legend(frameon=False, fontsize=8)
-    ax.yaxis.set_minor_formatter(plt.NullFormatter())
-    ax.tick_params(which="both", labelsize=8)
-    ax.grid(True, alpha=0.5)
+    softmax_style = {"marker": "o", "color": c["palette"][3], "markersize": 4}
+    linear_style = {"marker": "s", "color": c["palette"][0], "markersize": 4}
+    panels = [
+        (axes[0], "µs per token (attention)", "time per decoded token",
+         [([1e6 * s for s in softmax_times], softmax_style, "softmax + KV cache"),
+          ([1e6 * s for s in linear_times], linear_style, "linear (state U, z)")]),
+        (axes[1], "MiB per layer", "memory carried between steps",
+         [([b / 2**20 for b in cache_bytes], softmax_style, "KV cache"),
+          ([state_bytes / 2**20] * len(DEC_LENGTHS), linear_style, "linear state")]),
+    ]
+    for ax, ylabel, title, series in panels:   # both panels: log-log against t
+        for values, style, label in series:
+            ax.plot(DEC_LENGTHS, values, "-", label=label, **style)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens already generated t", fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.set_title(title, fontsize=9)
+        ax.legend(frameon=False, fontsize=8)
+        ax.yaxis.set_minor_formatter(plt.NullFormatter())
+        ax.tick_params(which="both", labelsize=8)
+        ax.grid(True, alpha=0.5)
     fig.tight_layout()
     return fig
 
