@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from attnbook.attention import split_heads, stable_softmax
 from attnbook.attention.linformer import (
     linformer_attention,
+    cumulative_singular_value_share,
     linformer_effective_matrix,
-    normalized_cumulative_singular_values,
 )
 from attnbook.bench import mean_pooling_projection
 from attnbook.data.text import load_text
@@ -168,13 +168,17 @@ wait_for_fit = ch.in_background(fit_all)
 # ## The spectrum of MiniLM's attention matrices (Linformer's Fig. 1)
 
 # %%
-cumulative = []  # per window: (layers, heads, n)
+cumulative, squared_at_rank = [], []  # per window: (layers, heads, n) and (layers, heads)
 for w in SPECTRUM_WINDOWS:
     q, k, v = minilm_qkv(model, batch_of([w]))
     _, p = exact_attention(q[:, 0], k[:, 0], v[:, 0])                       # (layers, heads, n, n)
-    cumulative.append(normalized_cumulative_singular_values(p).cpu())
+    sigma_w = torch.linalg.svdvals(p.double())                              # (layers, heads, n), descending
+    cumulative.append(cumulative_singular_value_share(sigma_w).cpu())       # Eq. (9)
+    # the other reading of the paper's y-axis: shares of σ², i.e. of ‖P‖_F² (Eq. 8)
+    squared_at_rank.append(cumulative_singular_value_share(sigma_w, squared=True)[..., RANK - 1].cpu())
 cumulative = torch.stack(cumulative).mean(0).numpy()                         # (layers, heads, n)
 at_rank = cumulative[:, :, RANK - 1]                                         # c at the RANK-th value
+at_rank_squared = torch.stack(squared_at_rank).mean(0).numpy()               # (layers, heads)
 layer_curves = cumulative.mean(1)                                            # (layers, n)
 ch.json("spectrum", {"n": N, "rank": RANK, "windows": SPECTRUM_WINDOWS,
                      "at_rank": np.round(at_rank, 4).tolist()})
@@ -223,6 +227,7 @@ ch.figure("spectrum", draw_spectrum)
 lower = at_rank[: NUM_LAYERS // 2].mean()
 upper = at_rank[NUM_LAYERS // 2:].mean()
 layer_means = at_rank.mean(1)
+most, least = np.unravel_index(at_rank.argmax(), at_rank.shape), np.unravel_index(at_rank.argmin(), at_rank.shape)
 increasing = bool(np.all(np.diff(layer_means) > 0))
 if upper > lower:
     trend = (f"higher layers are more low-rank, as the paper found for RoBERTa: layers "
@@ -234,29 +239,48 @@ else:
     trend = (f"the trend the paper found in RoBERTa does not hold here: layers "
              f"{NUM_LAYERS // 2}–{NUM_LAYERS - 1} keep on average {upper:.2f} of the sum of the "
              f"singular values in the top {RANK}, layers 0–{NUM_LAYERS // 2 - 1} keep {lower:.2f}")
-most, least = np.unravel_index(at_rank.argmax(), at_rank.shape), np.unravel_index(at_rank.argmin(), at_rank.shape)
 ch.markdown("spectrum-summary", (
     f"Over all {NUM_LAYERS * NUM_HEADS} heads, the top {RANK} of the {N} singular values hold between "
     f"{at_rank.min():.2f} (layer {least[0]}, head {least[1]}) and {at_rank.max():.2f} "
     f"(layer {most[0]}, head {most[1]}) of their sum, {at_rank.mean():.2f} on average. "
     f"In MiniLM {trend}."))
 
+# The two readings of the paper's y-axis side by side (the paper gives no formula).
+squared_means = at_rank_squared.mean(1)
+both_rise = bool(at_rank_squared[NUM_LAYERS // 2:].mean() > at_rank_squared[: NUM_LAYERS // 2].mean()) == (upper > lower)
+ch.markdown("spectrum-readings", (
+    f"On the {len(SPECTRUM_WINDOWS)} windows used for the spectrum in the experiment below, the mean over the "
+    f"{NUM_LAYERS * NUM_HEADS} heads at rank {RANK} of {N} is {at_rank.mean():.2f} with Eq. (9) and "
+    f"{at_rank_squared.mean():.2f} with squared singular values; the least concentrated heads hold "
+    f"{at_rank.min():.2f} and {at_rank_squared.min():.2f}, and the layer means are "
+    f"{'/'.join(f'{x:.2f}' for x in layer_means)} and {'/'.join(f'{x:.2f}' for x in squared_means)}. "
+    + ("The comparison of upper and lower layers comes out the same way under both readings."
+       if both_rise else "The two readings disagree on whether upper layers are more concentrated than lower ones.")))
+
 mean_curve = cumulative.mean((0, 1))                                           # over all heads
 reach_half, reach_most = (int(np.argmax(mean_curve >= level)) + 1 for level in (0.5, 0.9))
+below_half = int((at_rank < 0.5).sum())
+if below_half:
+    long_tail = (f"on average the largest {RANK} singular values hold {at_rank.mean():.2f} of the sum (a flat "
+                 f"spectrum would give {RANK / N:.2f}), but the heads differ: the least concentrated, layer "
+                 f"{least[0]} head {least[1]}, holds {at_rank.min():.2f}, and {below_half} of the "
+                 f"{NUM_LAYERS * NUM_HEADS} heads hold less than half")
+else:
+    long_tail = (f"in every one of the {NUM_LAYERS * NUM_HEADS} heads the largest {RANK} singular values hold "
+                 f"at least {at_rank.min():.2f} of the sum (a flat spectrum would give {RANK / N:.2f}; the "
+                 f"least concentrated is layer {least[0]} head {least[1]}), {at_rank.mean():.2f} on average")
 ch.table("paper-comparison", ["Wang et al. (2020), Fig. 1 and §3, RoBERTa", f"ours, MiniLM, n = {N}"], [
     ["a long-tail spectrum in every layer, head and task",
-     f"in every one of the {NUM_LAYERS * NUM_HEADS} heads the largest {RANK} singular values hold at least "
-     f"{at_rank.min():.2f} of their sum (equal singular values would give {RANK / N:.2f}); over all heads, "
-     f"the mean curve reaches 0.5 at index {reach_half} and 0.9 at index {reach_most}"],
+     f"{long_tail}; the mean curve over all heads reaches 0.5 at index {reach_half} and 0.9 at index {reach_most}"],
     ["higher layers more skewed (lower rank) than lower layers", trend[0].upper() + trend[1:]],
 ], align="ll")
 
 # %% [markdown]
 # ## The four projections on held-out text
 #
-# For each k: random Gaussian E = F (entries N(0, 1/k), the Johnson-Lindenstrauss
-# projection of the paper's analysis), mean pooling, the fitted projection, and the
-# truncated SVD of each head's exact P.
+# For each k: random Gaussian E = F = R (entries N(0, 1/k), the random matrix of the
+# paper's proofs, unscaled), mean pooling, the fitted projection, and the truncated SVD
+# of each head's exact P.
 
 # %%
 u, sigma, vh = torch.linalg.svd(test_p)        # every head's P, once: (batch, layers * heads, ...)
@@ -303,6 +327,12 @@ for rank, (e_proj, f_proj, losses) in fitted.items():
                                                           e_heads, f_heads)
     results["fitted (train)"][rank] = linformer_errors(train_q, train_k, train_v, train_out, None,
                                                        e_heads, f_heads)
+# The control: mean pooling on the training windows, so that the fitted projection is
+# compared with pooling on the same text (and the two texts' difficulty can be compared).
+pool_train = {}
+for rank in fitted:
+    pool_r = mean_pooling_projection(N, rank).to(train_q)
+    pool_train[rank] = linformer_errors(train_q, train_k, train_v, train_out, None, pool_r, pool_r)[0]
 
 NAMES = {"random": "random E = F", "pooling": "mean pooling", "fitted (train)": "fitted, training text",
          "fitted (held-out)": "fitted, held-out text", "SVD": "truncated SVD of P"}
@@ -348,8 +378,12 @@ def fmt(x):
     return "—" if x is None else (f"{x:.3f}" if x < 10 else f"{x:.1f}")
 
 
-ch.table("output-errors", ["k"] + [NAMES[name] for name in results],
-         [[rank] + [fmt(results[name][rank][0]) if rank in results[name] else "—" for name in results]
+held_out_columns = ["random", "pooling", "fitted (held-out)", "SVD"]
+ch.table("output-errors",
+         ["k"] + [NAMES[name] for name in held_out_columns] + ["mean pooling, training text", NAMES["fitted (train)"]],
+         [[rank] + [fmt(results[name][rank][0]) if rank in results[name] else "—" for name in held_out_columns]
+          + [fmt(pool_train[rank]) if rank in pool_train else "—",
+             fmt(results["fitted (train)"][rank][0]) if rank in results["fitted (train)"] else "—"]
           for rank in KS])
 matrix_columns = ["random", "pooling", "fitted (held-out)", "SVD"]
 ch.table("matrix-errors", ["k", "random E = F", "mean pooling", "fitted", "Eckart–Young floor"],
@@ -357,22 +391,38 @@ ch.table("matrix-errors", ["k", "random E = F", "mean pooling", "fitted", "Eckar
           for rank in KS])
 
 K_SHOWN = RANK
+# the spectrum on the same held-out windows as the errors (σ of every head's P, computed above)
+test_share = cumulative_singular_value_share(sigma.double())[..., K_SHOWN - 1]   # (batch, layers * heads)
+layer_share = test_share.mean(0).reshape(NUM_LAYERS, NUM_HEADS).mean(1).cpu().numpy()
 rows = []
 for layer in range(NUM_LAYERS):
-    rows.append([layer, f"{at_rank[layer].mean():.3f}", f"{floor[K_SHOWN][layer]:.3f}",
+    rows.append([layer, f"{layer_share[layer]:.3f}", f"{floor[K_SHOWN][layer]:.3f}",
                  f"{results['SVD'][K_SHOWN][2][layer]:.3f}", f"{results['pooling'][K_SHOWN][2][layer]:.3f}"])
 ch.table("by-layer", ["layer", f"cumulative singular value at rank {K_SHOWN}",
                       f"Eckart–Young floor, k = {K_SHOWN}", f"output error, truncated SVD, k = {K_SHOWN}",
                       f"output error, mean pooling, k = {K_SHOWN}"], rows)
 pool_layers = results["pooling"][K_SHOWN][2]
-corr = float(np.corrcoef(at_rank.mean(1), pool_layers)[0, 1])
+svd_layers = results["SVD"][K_SHOWN][2]
+corr = float(np.corrcoef(layer_share, pool_layers)[0, 1])
+top = int(np.argmax(layer_share))                               # the most concentrated layer
+place = int(np.flatnonzero(np.argsort(-pool_layers) == top)[0])  # 0 = pooling's largest error
+ORDINALS = ["", "second ", "third ", "fourth ", "fifth ", "sixth ", "seventh ", "eighth "]
+place_words = ("the smallest" if place == NUM_LAYERS - 1 else f"the {ORDINALS[place]}largest") + f" of the {NUM_LAYERS} layers"
+if corr < -0.5:
+    layer_text = "layers whose attention is more low-rank are also the layers where pooling errs less."
+elif place < NUM_LAYERS // 2:
+    layer_text = (f"the spectrum of P does not predict where pooling errs. Layer {top} has the most concentrated "
+                  f"spectrum (Eckart–Young floor {floor[K_SHOWN][top]:.3f}, truncated-SVD output error "
+                  f"{svd_layers[top]:.3f}), yet pooling's output error there is {pool_layers[top]:.2f}, "
+                  f"{place_words}: a matrix can be close to some rank-{K_SHOWN} matrix without being close to "
+                  f"any that averages contiguous stretches.")
+else:
+    layer_text = (f"the spectrum of P does not predict well where pooling errs. Layer {top} has the most "
+                  f"concentrated spectrum (Eckart–Young floor {floor[K_SHOWN][top]:.3f}), and pooling's output "
+                  f"error there is {pool_layers[top]:.2f}, {place_words}.")
 ch.markdown("by-layer-summary", (
     f"Across the {NUM_LAYERS} layers, the correlation between the spectrum's concentration at rank "
-    f"{K_SHOWN} and mean pooling's output error at k = {K_SHOWN} is {corr:+.2f}: "
-    + ("layers whose attention is more low-rank are also the layers where pooling errs less."
-       if corr < -0.5 else
-       "the spectrum of P alone does not predict well where pooling errs; the projection's shape "
-       "(contiguous segments) matters as much as the rank.")))
+    f"{K_SHOWN} and mean pooling's output error at k = {K_SHOWN} is {corr:+.2f}: " + layer_text))
 
 # Generated comparisons: every claim below is chosen from the numbers.
 rnd, pool_k, svd_k = (results[name][K_SHOWN][0] for name in ("random", "pooling", "SVD"))
@@ -388,19 +438,33 @@ sentences = [
        if all(results["random"][r][0] > 1 for r in KS) else "."),
 ]
 fit_ranks = sorted(results["fitted (held-out)"])
-train_better = sum(results["fitted (train)"][r][0] < results["pooling"][r][0] for r in fit_ranks)
+train_better = sum(results["fitted (train)"][r][0] < pool_train[r] for r in fit_ranks)
 held_better = sum(results["fitted (held-out)"][r][0] < results["pooling"][r][0] for r in fit_ranks)
-pairs = "; ".join(f"k = {r}: {results['fitted (train)'][r][0]:.2f} on the training text, "
-                  f"{results['fitted (held-out)'][r][0]:.2f} held out, against pooling's "
-                  f"{results['pooling'][r][0]:.2f}" for r in fit_ranks)
+pairs = "; ".join(f"k = {r}: {results['fitted (train)'][r][0]:.2f} against pooling's {pool_train[r]:.2f} on "
+                  f"the training text, {results['fitted (held-out)'][r][0]:.2f} against "
+                  f"{results['pooling'][r][0]:.2f} held out" for r in fit_ranks)
+pool_gap = max(abs(pool_train[r] - results["pooling"][r][0]) for r in fit_ranks)
 sentences.append(
-    f"The fitted projection ({FIT_STEPS} Adam steps from pooling) beats pooling on its training text at "
+    (f"Mean pooling's error on the training text is within {pool_gap:.2f} of its error on the held-out text "
+     f"at every fitted k, so the two texts are about equally hard for it. "
+     if pool_gap < 0.05 else
+     f"Mean pooling's error differs by up to {pool_gap:.2f} between the two texts, so each fitted number "
+     f"must be compared with pooling on the same text. ")
+    + f"The fitted projection ({FIT_STEPS} Adam steps from pooling) beats pooling on its training text at "
     f"{train_better} of {len(fit_ranks)} values of k and on the held-out text at {held_better} of "
     f"{len(fit_ranks)} ({pairs}).")
-if held_better < len(fit_ranks) and train_better > held_better:
-    sentences.append(f"Fitted on {len(TRAIN_WINDOWS)} window{'s' if len(TRAIN_WINDOWS) > 1 else ''}, "
-                     "what it learned does not carry over to new text: a fixed E and F act on positions, "
-                     "not on content.")
+windows_word = f"{len(TRAIN_WINDOWS)} window{'s' if len(TRAIN_WINDOWS) > 1 else ''}"
+parameters = " to ".join(f"{2 * r * N:,} at k = {r}" for r in (fit_ranks[0], fit_ranks[-1]))
+overfit = (f"The simplest reading is overfitting: E and F hold 2·k·n numbers per layer (from {parameters}), "
+           f"fitted to {windows_word} of text; whether more text, or training E and F with the model as the "
+           f"paper does, would change this is not tested here.")
+if held_better == 0 and train_better > 0:
+    sentences.append(f"Fitted on {windows_word}, the gain does not carry over to new text. " + overfit)
+elif 0 < held_better < len(fit_ranks):
+    sentences.append(f"The gain carries over to new text at only {held_better} of {len(fit_ranks)} values of k."
+                     + (" " + overfit if train_better > held_better else ""))
+elif held_better == 0:
+    sentences.append(f"Fitted on {windows_word}, it does not beat pooling even on its training text.")
 elif held_better == len(fit_ranks):
     sentences.append("Fitting helps on new text too, so part of what it learned does not depend on "
                      "the training text.")
@@ -440,7 +504,8 @@ ch.markdown("checks", (
     f"- A window whose last {N - short} of {N} positions are padding filled with large random keys and "
     f"values: with `key_padding_mask`, the {short} real queries get the output of the {short}-token "
     f"sequence alone ({'exactly' if padding_gap == 0 else f'to {padding_gap:.0e}'}); without the mask their relative error is {unmasked_error:.2f} "
-    f"(mean pooling, k = {N // 8})."))
+    f"(mean pooling, k = {N // 8}). That shorter sequence still meets the empty-slot problem of the "
+    f"fixed-length pitfall below: the mask removes the padded tokens, not their slots."))
 
 # %% [markdown]
 # ## A pitfall: a projection built for a longer sequence
@@ -457,7 +522,7 @@ ch.markdown("fixed-n", (
     f"windows: {empty_rows} of its {rank} segments lie entirely beyond the sequence, so their projected "
     f"keys and values are zero vectors. Each zero key still scores 0, and together these keys take "
     f"{empty_mass.mean().item():.0%} of a query's weight on average (between {empty_mass.min().item():.0%} "
-    f"and {empty_mass.max().item():.0%}), weight that returns zeros: every output is shrunk by that factor."))
+    f"and {empty_mass.max().item():.0%}), weight that returns zeros: every output is multiplied by one minus that share (exercise 4)."))
 
 # %% [markdown]
 # ## The paper beside ours, and what ran
