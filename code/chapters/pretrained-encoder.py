@@ -251,6 +251,20 @@ def head_name(layer, head):
     return f"{layer}-{head}"
 
 
+def score_text(value, kind):
+    """Three decimals, or more where three would round a score onto its threshold.
+
+    A head labelled with a share of 0.500029 must not be printed as 0.500, which would read
+    as "exactly one half is enough"; it is printed 0.50003.
+    """
+    threshold = BROAD_THRESHOLD if kind == "broad" else THRESHOLD
+    for digits in range(3, 7):
+        text = f"{value:.{digits}f}"
+        if float(text) != threshold:
+            break
+    return text
+
+
 def top_heads(kind, n=3):
     flat = score(kind).flatten()
     order = torch.argsort(flat, descending=True)[:n].tolist()
@@ -270,7 +284,7 @@ def layers_of(kind):
 table = []
 for kind in KINDS:
     what = "mean entropy / uniform" if kind == "broad" else "mean attention"
-    best = [f"{head_name(l, h)} ({v:.3f})" for l, h, v in top_heads(kind)]
+    best = [f"{head_name(l, h)} ({score_text(v, kind)})" for l, h, v in top_heads(kind)]
     table.append([kind, count(kind), what] + best)
 mixed = count("mixed")
 ch.table("clear-cut-heads", ["kind", "heads labelled so", "score", "best head", "second", "third"],
@@ -336,7 +350,8 @@ def draw_roles(theme):
             fill = role_color(kind, theme)
             ax.add_patch(plt.Rectangle((head - 0.46, layer - 0.46), 0.92, 0.92, color=fill, lw=0))
             if kind != "mixed":
-                ax.text(head, layer, f"{score(kind)[layer, head]:.3f}", ha="center", va="center",
+                ax.text(head, layer, score_text(score(kind)[layer, head].item(), kind),
+                        ha="center", va="center",
                         fontsize=8, color=text_color_on(fill))
     ax.set_xlim(-0.6, NUM_HEADS - 0.4)
     ax.set_ylim(NUM_LAYERS - 0.4, -0.6)
@@ -395,11 +410,11 @@ for tokens, probs in corpus:
     cls_share.append(p[1: seq - 1, 0])           # the same queries -> [CLS]
 next_share, cls_share = torch.cat(next_share), torch.cat(cls_share)
 both = (next_share + cls_share).mean().item()
-low = next_share < 0.5
+low = next_share <= THRESHOLD  # the complement of the labelling rule "> THRESHOLD"
 ch.markdown("no-op", (
     f"In head {head_name(next_layer, next_head)}, the next token and [CLS] together receive "
     f"{both:.0%} of a query's attention on average. For the {int(low.sum())} of "
-    f"{len(next_share)} queries that give the next token less than half of their attention, "
+    f"{len(next_share)} queries that give the next token at most half of their attention, "
     f"[CLS] receives {cls_share[low].mean().item():.0%} on average."))
 
 # %% [markdown]
@@ -484,7 +499,7 @@ def layers_by(kind, data):
     return [(int(l), means[l].item()) for l in torch.argsort(means, descending=True)]
 
 
-sep_over_half = [l for l, v in layers_by("[SEP]", pair_stats) if v > 0.5]
+sep_over_half = [l for l, v in layers_by("[SEP]", pair_stats) if v > THRESHOLD]  # the same rule
 (sep_l, sep_v) = layers_by("[SEP]", pair_stats)[0]
 (cls_l, cls_v), (cls_l2, cls_v2) = layers_by("[CLS]", pair_stats)[:2]
 punct = layers_by("punctuation", pair_stats)

@@ -157,7 +157,8 @@ def layer_attention_probs(layer, hidden: Tensor, keep: Tensor) -> Tensor:
     q = split_heads(F.linear(hidden, attn.query.weight, attn.query.bias), num_heads)
     k = split_heads(F.linear(hidden, attn.key.weight, attn.key.bias), num_heads)
     v = split_heads(F.linear(hidden, attn.value.weight, attn.value.bias), num_heads)
-    # q, k, v: (batch, heads, seq, head_dim)
+    # split_heads reshapes (batch, seq, d_model) to (batch, seq, heads, head_dim), then
+    # transposes to q, k, v: (batch, heads, seq, head_dim)
     mask = key_padding_to_attn_mask(keep)  # (batch, 1, 1, seq): no query sees a padded key
     _, probs = scaled_dot_product_attention(q, k, v, mask, return_weights=True)  # scale 1/sqrt(head_dim), as BERT
     return probs
