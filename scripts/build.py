@@ -91,6 +91,7 @@ def library_digest(layout: Layout) -> str:
     return h.hexdigest()
 
 
+TYPICAL_SECONDS = 60.0  # the scheduling guess for a chapter the manifest has no time for
 NEEDS = re.compile(r"""\bch\.needs\(\s*["']([A-Za-z0-9_-]+)["']""")
 
 
@@ -340,7 +341,8 @@ def build_chapters(layout: Layout, slugs=None, device: str = "auto", jobs: int =
         log(f"  {slug:28s} {result.status:6s} {result.seconds:6.1f} s  ({device}{', quick' if quick else ''})")
         return result
 
-    ran = _run_in_order(todo, needs, one, lambda s: previous.get(s, {}).get("seconds", float("inf")), jobs)
+    # a chapter never timed (a cold build) counts as a typical one, so the chapters others need go first
+    ran = _run_in_order(todo, needs, one, lambda s: previous.get(s, {}).get("seconds", TYPICAL_SECONDS), jobs)
     manifest = read_manifest(layout)
     for r in ran:
         if r.status == "ran":
@@ -366,7 +368,7 @@ def _run_in_order(todo, needs, run, seconds, jobs: int) -> list[Result]:
     """Run ``todo`` on ``jobs`` threads, each chapter after the chapters it needs.
 
     Ready chapters start longest path first (their own last time plus the longest chain of
-    chapters waiting on them; unknown times first), so parallel jobs finish together. A
+    chapters waiting on them), so parallel jobs finish together. A
     chapter whose dependency failed fails without running.
     """
     todo = set(todo)

@@ -261,6 +261,21 @@ def test_key_padding_passes_gradcheck(causal):
                                         block_k=4), (q, k, v))
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_left_padding_with_very_negative_scores_keeps_the_running_maximum_at_minus_inf(causal):
+    # Regression: a row whose first key block is all padding must keep its running maximum at
+    # -inf, not 0. With 0, every later score (here 4·1·(-60)/√4 = -120 each) is measured against
+    # 0, exp(-120) underflows to 0 in float32, and the row came out as zeros. The tolerance is
+    # float32's (the expected output is an ordinary softmax average of values).
+    keep = padding([8, 4], 8, left=[1])      # sequence 1: keys 0-3 padding, keys 4-7 visible
+    q = torch.ones(2, 1, 8, 4)
+    k = -60 * torch.ones(2, 1, 8, 4)
+    v = torch.randn(2, 1, 8, 4, generator=torch.Generator().manual_seed(0))
+    out = flash_attention(q, k, v, causal=causal, key_padding_mask=keep, block_q=4, block_k=4)
+    expected = dense_padded(q, k, v, keep, causal)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)  # causal: 4 rows see no key, 0
+
+
 def test_padded_keys_get_no_gradient_and_do_not_change_the_output():
     keep = padding([12, 30], 30)
     q, k, v = (x.requires_grad_() for x in qkv(batch=2, q_len=30, k_len=30))

@@ -5,7 +5,8 @@ keys/values into blocks of ``block_k`` rows; for each query block we sweep the k
 blocks once and keep, per query row, a running maximum ``m``, a running sum of
 exponentials ``l`` and an accumulator ``O`` that is rescaled whenever the maximum grows
 (the *online softmax*). The backward pass stores only ``(q, k, v, out, logsumexp)`` and
-recomputes each tile of probabilities from the log-sum-exp (Dao et al., Algorithm 4).
+recomputes each tile of probabilities from the log-sum-exp (Dao et al., Algorithm 4, which
+keeps m and l separately; one log-sum-exp per row as in FlashAttention-2).
 
 Shapes: q ``(batch, heads, q_len, head_dim)``; k ``(batch, kv_heads, k_len, head_dim)``;
 v ``(batch, kv_heads, k_len, v_dim)``. Two masks: ``causal``, bottom-right aligned like
@@ -88,11 +89,12 @@ def flash_attention_forward(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, sc
             if key_keep is not None:
                 scores.masked_fill_(~key_keep[:, None, k0:k1], -math.inf)
             new_max = torch.maximum(row_max, scores.amax(dim=-1, keepdim=True))  # m' = max(m, m̃)
-            # A row that has seen no visible key yet has m' = -inf; subtracting 0 instead
-            # keeps its P̃ = exp(-inf) = 0 rather than exp(-inf + inf) = NaN.
-            new_max = torch.where(new_max > -math.inf, new_max, torch.zeros_like(new_max))
-            probs = scores.sub_(new_max).exp_()         # P̃ = exp(S - m'), in place: no 2nd tile
-            correction = torch.exp(row_max - new_max)   # e^{m - m'} rescales what came before
+            # A row that has seen no visible key yet has m' = -inf; subtracting 0 there instead
+            # keeps its P̃ = exp(-inf) = 0 rather than exp(-inf + inf) = NaN. Only the
+            # subtraction uses 0: the running maximum stays -inf.
+            shift = torch.where(new_max > -math.inf, new_max, torch.zeros_like(new_max))
+            probs = scores.sub_(shift).exp_()           # P̃ = exp(S - m'), in place: no 2nd tile
+            correction = torch.exp(row_max - shift)     # e^{m - m'} rescales what came before
             row_sum.mul_(correction).add_(probs.sum(dim=-1, keepdim=True))  # l' = e^{m-m'}l + ΣP̃
             acc.mul_(correction).baddbmm_(probs, v[:, k0:k1])               # O' = e^{m-m'}O + P̃V
             row_max = new_max

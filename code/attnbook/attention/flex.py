@@ -1,6 +1,6 @@
 """FlexAttention: masks and score changes written as tiny Python functions.
 
-``torch.nn.attention.flex_attention`` (PyTorch >= 2.5; He et al., 2024, arXiv:2412.05496)
+``torch.nn.attention.flex_attention`` (PyTorch >= 2.5; Dong et al., 2024, arXiv:2412.05496)
 takes two kinds of function. A ``score_mod(score, b, h, q_idx, kv_idx)`` returns a new
 score for one (query, key) pair: ALiBi adds a bias. A ``mask_mod(b, h, q_idx, kv_idx)``
 returns True where the query **may attend** the key (the book's convention); it is

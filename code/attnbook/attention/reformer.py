@@ -239,3 +239,42 @@ class LSHSelfAttention(nn.Module):
         out = lsh_attention(qk, v, num_buckets=self.num_buckets, chunk_size=self.chunk_size,
                             num_rounds=self.num_rounds, generator=generator, causal=self.causal)
         return self.out_proj(merge_heads(out))                 # (batch, seq, d_model)
+
+
+# --------------------------------------------------------------------------------------
+# Chapter 14: the exact collision probability of the hash (used by code/chapters/hashing.py)
+# --------------------------------------------------------------------------------------
+
+# --8<-- [start:collision]
+def collision_probability(theta: float, buckets: list[int], *, grid: int = 800,
+                          span: float = 6.5) -> list[float]:
+    """P[h(x) = h(y)] for each b in ``buckets``: x, y at angle theta, h(x) = argmax([xR; −xR]).
+
+    R is Gaussian d × b/2. Each signed coordinate wins with probability 1/b, so
+    P = b · P(u₁ > 0, w₁ > 0, |u_c| < u₁ and |w_c| < w₁ for c = 2..b/2), where (u_c, w_c)
+    are independent bivariate normals with correlation ρ = cos θ. Conditioning on
+    (u₁, w₁) = (a, c): P = b ∫∫_{a,c>0} φ_ρ(a, c) G(a, c)^{b/2−1} da dc, with
+    G(a, c) = P(|u| < a, |w| < c). Computed on a grid of midpoints; b = 2 is 1 − θ/π. The
+    answer does not depend on head_dim. ``buckets``: even numbers of buckets, each >= 2.
+    """
+    for b in buckets:
+        if b < 2 or b % 2:
+            raise ValueError(f"every number of buckets must be even and >= 2, got {b}")
+    if not 0 <= theta <= math.pi:
+        raise ValueError(f"theta must be an angle in [0, pi], got {theta}")
+    if theta <= 0 or theta >= math.pi:
+        return [1.0 if theta <= 0 else 0.0 for _ in buckets]
+    rho, sigma = math.cos(theta), math.sin(theta)
+    dt = span / grid
+    t = (torch.arange(grid, dtype=torch.float64) + 0.5) * dt              # midpoints in (0, span)
+    s = torch.cat([-t.flip(0), t])                                         # u over (−span, span)
+    # P(u ∈ ds, |w| < c) = φ(s) [Φ((c − ρs)/σ) − Φ((−c − ρs)/σ)] ds; rows s, columns c
+    inner = (torch.special.ndtr((t[None] - rho * s[:, None]) / sigma)
+             - torch.special.ndtr((-t[None] - rho * s[:, None]) / sigma))
+    inner = inner * (torch.exp(-s**2 / 2) / math.sqrt(2 * math.pi))[:, None] * dt
+    folded = inner[grid:] + inner[:grid].flip(0)                            # |s| in cell a
+    G = (folded.cumsum(0) - folded / 2).clamp(0, 1)                         # G(a, c), a at midpoints
+    density = torch.exp(-(t[:, None]**2 - 2 * rho * t[:, None] * t[None] + t[None]**2)
+                        / (2 * sigma**2)) / (2 * math.pi * sigma)           # φ_ρ(a, c)
+    return [float(b * (density * G ** (b // 2 - 1)).sum() * dt * dt) for b in buckets]
+# --8<-- [end:collision]
