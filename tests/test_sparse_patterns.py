@@ -54,6 +54,22 @@ def test_needle_targets_ignore_positions_before_the_needle():
     assert targets[1].tolist() == [0] * 6
 
 
+def test_needle_targets_last_only_keeps_just_the_scored_position():
+    labels, pos = torch.tensor([2, 0]), torch.tensor([3, 0])
+    targets = needle_targets(labels, pos, 6, last_only=True)
+    assert targets[:, :-1].eq(IGNORE_INDEX).all()
+    assert targets[:, -1].tolist() == [2, 0]
+    # the control differs from the default only by dropping targets, never changing one
+    full = needle_targets(labels, pos, 6)
+    kept = targets != IGNORE_INDEX
+    assert torch.equal(targets[kept], full[kept])
+
+
+def test_needle_targets_rejects_labels_of_the_wrong_rank():
+    with pytest.raises(ValueError, match="labels must have 1 dimensions"):
+        needle_targets(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, dtype=torch.long), 6)
+
+
 def _edge_influence(model, ids, query):
     """Which input positions the logits at ``query`` depend on (nonzero gradient)."""
     x = model.embed(ids) + model.position(torch.arange(ids.shape[1]))

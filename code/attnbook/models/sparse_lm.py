@@ -12,8 +12,10 @@ needle at the last position. A pattern whose graph cannot carry the needle to th
 position within ``num_layers`` hops can do no better than chance, ``1 / num_symbols``.
 
 Training signal: every position from the needle on is asked to name it
-(``needle_targets``), so positions near the needle learn the one-hop lookup first and
-distant ones learn to read them; only the last position is scored.
+(``needle_targets``); only the last position is scored. That trains the relay positions of
+strided and fixed patterns directly, but asks most positions of a window + one global token
+pattern to relay through the hub; the chapter's control, ``needle_targets(...,
+last_only=True)``, trains the last position alone.
 
 Layout: ids ``(batch, seq)`` -> logits ``(batch, seq, num_symbols)``.
 """
@@ -56,14 +58,21 @@ def needle_task(
     return ids, labels, needle_pos
 
 
-def needle_targets(labels: Tensor, needle_pos: Tensor, seq_len: int) -> Tensor:
+def needle_targets(labels: Tensor, needle_pos: Tensor, seq_len: int, *,
+                   last_only: bool = False) -> Tensor:
     """(batch, seq_len) targets: the needle's label from its position on, ``IGNORE_INDEX`` before.
 
     A causal pattern cannot know the needle before it appears, so those positions do not count.
+    With ``last_only=True`` only the last position (the scored one) gets the label; every
+    other position is ``IGNORE_INDEX``.
     """
+    check_rank("labels", labels, 1, "(batch,)")
+    check_rank("needle_pos", needle_pos, 1, "(batch,)")
+    check_positive_int("seq_len", seq_len)
     positions = torch.arange(seq_len, device=labels.device)[None, :]
     targets = labels[:, None].expand(-1, seq_len)
-    return torch.where(positions >= needle_pos[:, None], targets, torch.full_like(targets, IGNORE_INDEX))
+    keep = positions == seq_len - 1 if last_only else positions >= needle_pos[:, None]
+    return torch.where(keep, targets, torch.full_like(targets, IGNORE_INDEX))
 # --8<-- [end:task]
 
 
