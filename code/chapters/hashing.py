@@ -29,7 +29,7 @@
 # 4. shared against separate queries and keys: one attention layer trained on a small
 #    retrieval task each way;
 # 5. time against length at a fixed number of tokens per batch (the shape of the
-#    Reformer's Fig. 5, left), LSH against PyTorch's SDPA, with fitted exponents.
+#    Reformer's Fig. 5, right), LSH against PyTorch's SDPA, with fitted exponents.
 
 # %%
 from attnbook.chapter import Chapter
@@ -64,8 +64,9 @@ ch.one_thread_on_cpu()   # small tensors; one thread also keeps the timings comp
 # For two unit vectors x, y at angle θ and a Gaussian R ∈ ℝ^{d×b/2}, the b/2 pairs
 # (x r_c, y r_c) are independent standard bivariate normals with correlation cos θ. The
 # hashes collide when the same signed coordinate wins for both. For b = 2 that is
-# P(same sign) = 1 − θ/π; for b > 2 it is the integral computed by the library's
-# `collision_probability` (attnbook.attention.reformer).
+# P(same sign) = 1 − θ/π; for b = 4 it is (1 − θ/π)² (two independent hyperplane hashes);
+# for b > 2 it is the integral computed by the library's `collision_probability`
+# (attnbook.attention.reformer), checked here against both closed forms.
 
 # %%
 
@@ -77,11 +78,14 @@ ROTATIONS = ch.pick(4000, 600)
 DIM = 64
 
 analytic = np.array([collision_probability(a, BUCKETS) for a in FINE]).T   # (buckets, angles)
-# the integral at b = 2 must reproduce the closed form 1 − θ/π (a check of the grid)
-grid_error = float(np.abs(analytic[0] - (1 - FINE / math.pi)).max())
+# the integral must reproduce the closed forms 1 − θ/π (b = 2) and (1 − θ/π)² (b = 4, where the
+# power G^{b/2−1} is actually used): a check of the grid
+grid_error = max(float(np.abs(analytic[0] - (1 - FINE / math.pi)).max()),
+                 float(np.abs(analytic[1] - (1 - FINE / math.pi) ** 2).max()))
 assert grid_error < 5e-3, grid_error
 analytic = {b: analytic[i] for i, b in enumerate(BUCKETS)}
 analytic[2] = 1 - FINE / math.pi
+analytic[4] = (1 - FINE / math.pi) ** 2
 
 gen = ch.seed(1)
 base = F.normalize(torch.randn(len(ANGLES), 2, DIM, generator=gen, dtype=torch.float64), dim=-1)
@@ -106,7 +110,7 @@ ch.markdown("collision-summary", (
     f"Each measured point is the fraction of {ROTATIONS} random rotations $R$ under which the two "
     f"vectors ($d = {DIM}$) share a bucket. The largest gap between a measured point and the exact "
     f"curve is {worst_z:.1f} binomial standard errors "
-    + ("(within sampling noise: a gap of 3 or more would be suspicious among "
+    + ("(within sampling noise: a gap of 4 or more would be suspicious among "
        f"{len(ANGLES) * len(BUCKETS)} points)." if worst_z < 4 else
        "— more than sampling noise explains; treat the integral or the code as suspect.")
     + " The angle at which two vectors collide half the time shrinks as buckets are added: "
@@ -119,7 +123,7 @@ def draw_collision(theme: str):
     for i, b in enumerate(BUCKETS):
         colour = c["palette"][i]
         ax.plot(np.degrees(FINE), analytic[b], "-", color=colour, linewidth=1.2,
-                label=f"b = {b}, exact" + (" (1 − θ/π)" if b == 2 else " (integral)"))
+                label=f"b = {b}, exact" + {2: " (1 − θ/π)", 4: " (1 − θ/π)²"}.get(b, " (integral)"))
         ax.plot(np.degrees(ANGLES), measured[b], "o", color=colour, markersize=3.5,
                 label=f"b = {b}, measured")
     ax.set_xlabel("angle θ between the two vectors (degrees)", fontsize=9)
@@ -239,8 +243,12 @@ ch.markdown("error-summary", (
     f"With one round the smallest error is at $b = {best_b}$ ({errors[best_b][0]:.3f}); going from 1 to "
     f"{ROUNDS[-1]} rounds takes $b = {ERR_BUCKETS[-1]}$ from {errors[ERR_BUCKETS[-1]][0]:.3f} to "
     f"{errors[ERR_BUCKETS[-1]][-1]:.3f}. "
-    + ("An error above 1 is worse than outputting zeros: the exact output averages the values of a "
-       "whole cluster (a short vector), LSH attention averages the few members it found (a longer one). "
+    + ("An error above 1 is worse than outputting zeros. The values are independent $\\mathcal{N}(0, 1)$, "
+       "so the exact output, an average over a whole cluster of $m$ tokens, is short (length "
+       "$\\propto 1/\\sqrt{m}$). LSH attention that finds $k$ of the $m$ members returns their average, "
+       "of squared length about $m/k$ times larger, which has about the same inner product with the "
+       "exact output. Then the relative error is about $\\sqrt{m/k - 1}$, above 1 when fewer than half "
+       "the cluster is found. "
        if max(max(e) for e in errors.values()) > 1 else "")))
 
 
@@ -309,7 +317,7 @@ class OneLayer(torch.nn.Module):
 
     def forward(self, tokens):
         x = self.embed(tokens) + self.pos
-        x = x + self.prev(F.pad(x, (0, 0, 1, 0))[:, :-1])  # a fixed previous-token mix
+        x = x + self.prev(F.pad(x, (0, 0, 1, 0))[:, :-1])  # each token adds a learned map of its predecessor
         q = self.q(x)[:, None]                              # (batch, 1, seq, D)
         v = self.v(x)[:, None]
         if self.shared:                                     # keys = unit queries, self rule
@@ -384,7 +392,7 @@ def draw_shared(theme: str):
     ax.set_ylim(0, 1.02)
     ax.tick_params(labelsize=8)
     ax.grid(True, alpha=0.5)
-    ax.legend(fontsize=8, frameon=False, loc="center right")
+    ax.legend(fontsize=8, frameon=False, loc="lower right", bbox_to_anchor=(1.0, 0.1))  # above chance
     fig.tight_layout()
     return fig
 
@@ -404,7 +412,7 @@ for n in LENGTHS:
     batch = TOKENS // n
     g = ch.seed(70)
     q, k, v = (torch.randn(batch, HEADS, n, HEAD_DIM, generator=g, device=device) for _ in range(3))
-    buckets = max(2, n // 64)
+    buckets = max(2, 2 * n // 64)                # b = 2n/c: a chunk is twice the mean bucket
     fns = {"SDPA (exact)": lambda: F.scaled_dot_product_attention(q, k, v),
            "LSH, 2 rounds": lambda: lsh_attention(q, v, num_buckets=buckets, chunk_size=64, num_rounds=2,
                                                   generator=torch.Generator(device=device).manual_seed(0))}
@@ -422,7 +430,8 @@ ch.markdown("timing-summary", (
     f"Each batch holds {TOKENS} tokens ({HEADS} heads, $d_k = {HEAD_DIM}$, float32, "
     f"{'GPU' if on_gpu else 'one CPU thread'}). Fitted over the lengths measured, time per sequence grows "
     f"as $n^{{{exponents['SDPA (exact)']:.2f}}}$ for SDPA and $n^{{{exponents['LSH, 2 rounds']:.2f}}}$ "
-    f"for LSH attention (chunks of 64, $b = n/64$ buckets). "
+    f"for LSH attention (chunks of 64, $b = 2n/64$ buckets, so that a chunk holds twice the mean "
+    f"bucket, the paper's setting). "
     + (f"At $n = {LENGTHS[-1]}$ LSH attention is {times['SDPA (exact)'][-1] / times['LSH, 2 rounds'][-1]:.1f}× "
        f"faster than SDPA." if times["LSH, 2 rounds"][-1] < times["SDPA (exact)"][-1] else
        f"Even at $n = {LENGTHS[-1]}$ SDPA is faster "

@@ -20,7 +20,8 @@ Two choices made here, stated so that a reader comparing with trax or Hugging Fa
 (they sort all rounds as one long sequence), and chunk 0 has no previous chunk (they wrap
 around to the last one).
 Weighting the rounds by softmax(lse) is the same as one softmax over all the keys the
-rounds found, a key counted once per round that found it (no de-duplication).
+rounds found, a key counted once per round that found it (no de-duplication; the paper's
+Appendix A divides by the number of rounds N_ij that found the key).
 """
 from __future__ import annotations
 
@@ -253,9 +254,11 @@ def collision_probability(theta: float, buckets: list[int], *, grid: int = 800,
     R is Gaussian d × b/2. Each signed coordinate wins with probability 1/b, so
     P = b · P(u₁ > 0, w₁ > 0, |u_c| < u₁ and |w_c| < w₁ for c = 2..b/2), where (u_c, w_c)
     are independent bivariate normals with correlation ρ = cos θ. Conditioning on
-    (u₁, w₁) = (a, c): P = b ∫∫_{a,c>0} φ_ρ(a, c) G(a, c)^{b/2−1} da dc, with
-    G(a, c) = P(|u| < a, |w| < c). Computed on a grid of midpoints; b = 2 is 1 − θ/π. The
-    answer does not depend on head_dim. ``buckets``: even numbers of buckets, each >= 2.
+    (u₁, w₁) = (a, a′): P = b ∫∫_{a,a′>0} φ_ρ(a, a′) G(a, a′)^{b/2−1} da da′, with
+    G(a, a′) = P(|u| < a, |w| < a′). Computed on a grid of midpoints. Two closed forms check
+    it: b = 2 is 1 − θ/π, and b = 4 is (1 − θ/π)² (the winner among ±u₁, ±u₂ is fixed by the
+    signs of u₁ + u₂ and u₁ − u₂, two independent Gaussian projections). The answer does not
+    depend on head_dim. ``buckets``: even numbers of buckets, each >= 2.
     """
     for b in buckets:
         if b < 2 or b % 2:
@@ -268,13 +271,13 @@ def collision_probability(theta: float, buckets: list[int], *, grid: int = 800,
     dt = span / grid
     t = (torch.arange(grid, dtype=torch.float64) + 0.5) * dt              # midpoints in (0, span)
     s = torch.cat([-t.flip(0), t])                                         # u over (−span, span)
-    # P(u ∈ ds, |w| < c) = φ(s) [Φ((c − ρs)/σ) − Φ((−c − ρs)/σ)] ds; rows s, columns c
+    # P(u ∈ ds, |w| < a′) = φ(s) [Φ((a′ − ρs)/σ) − Φ((−a′ − ρs)/σ)] ds; rows s, columns a′
     inner = (torch.special.ndtr((t[None] - rho * s[:, None]) / sigma)
              - torch.special.ndtr((-t[None] - rho * s[:, None]) / sigma))
     inner = inner * (torch.exp(-s**2 / 2) / math.sqrt(2 * math.pi))[:, None] * dt
     folded = inner[grid:] + inner[:grid].flip(0)                            # |s| in cell a
-    G = (folded.cumsum(0) - folded / 2).clamp(0, 1)                         # G(a, c), a at midpoints
+    G = (folded.cumsum(0) - folded / 2).clamp(0, 1)                         # G(a, a′), a at midpoints
     density = torch.exp(-(t[:, None]**2 - 2 * rho * t[:, None] * t[None] + t[None]**2)
-                        / (2 * sigma**2)) / (2 * math.pi * sigma)           # φ_ρ(a, c)
+                        / (2 * sigma**2)) / (2 * math.pi * sigma)           # φ_ρ(a, a′)
     return [float(b * (density * G ** (b // 2 - 1)).sum() * dt * dt) for b in buckets]
 # --8<-- [end:collision]
