@@ -197,7 +197,9 @@ TEX_WORDS = {r"\sqrt": "√", r"\sum": "Σ", r"\prod": "∏", r"\max": "max", r"
              r"\alpha": "α", r"\beta": "β", r"\sigma": "σ", r"\theta": "θ", r"\ell": "ℓ", r"\cdot": "·",
              r"\le": "≤", r"\ge": "≥", r"\approx": "≈", r"\to": "→", r"\infty": "∞", r"\log": "log",
              r"\exp": "exp", r"\operatorname": "", r"\text": "", r"\mathrm": "", r"\mathbf": "",
-             r"\frac": "", r"\left": "", r"\right": "", r"\,": " ", r"\;": " ", r"\!": ""}
+             r"\frac": "", r"\left": "", r"\right": "", r"\,": " ", r"\;": " ", r"\!": "", r"\ ": " ",
+             r"\{": "{", r"\}": "}", r"\epsilon": "ε", r"\varepsilon": "ε", r"\Theta": "Θ", r"\delta": "δ",
+             r"\gamma": "γ", r"\omega": "ω", r"\phi": "φ", r"\tilde": ""}
 
 
 def plain_math(tex: str) -> str:
@@ -206,6 +208,7 @@ def plain_math(tex: str) -> str:
         tex = tex.replace(word, TEX_WORDS[word])
     tex = re.sub(r"\\[A-Za-z]+", "", tex)        # any other command
     tex = re.sub(r"[{}]", "", tex)
+    tex = tex.replace("\\", " ")                # a stray backslash (\\, \|) would read as TeX
     return " ".join(tex.split())
 
 

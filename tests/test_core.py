@@ -165,3 +165,13 @@ def test_a_chapter_script_cannot_import_another_chapter_by_accident():
     out = subprocess.run([sys.executable, "-c", probe, str(CHAPTERS / "low-rank.py"), *names],
                          capture_output=True, text=True, check=True, cwd=CHAPTERS)   # as the build runs them
     assert out.stdout.strip() == str([None] * len(names)), out.stdout
+
+
+def test_search_snippets_turn_tex_into_plain_text_without_backslashes():
+    """Escaped braces, spaced commands and unknown macros leave no `\\(`-like residue behind."""
+    from mkdocs_hooks import clean_text, plain_math
+
+    assert plain_math(r"k = \min\{\Theta(9d\log(d)/\epsilon^2),\ 5\Theta(\log n)\}") == \
+        "k = minΘ(9dlog(d)/ε^2), 5Θ(log n)"
+    text = clean_text(r"If \(k = \min\{a\}\) and \(a \\ b \mathcal{Q}\), then \[x\] holds.¶")
+    assert "\\" not in text and "¶" not in text

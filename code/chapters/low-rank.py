@@ -36,7 +36,7 @@ from attnbook.models import load_minilm, minilm_attentions
 from attnbook.viz import attention_cmap, colors
 
 ON_GPU = ch.device.type == "cuda"
-ch.seed(0)
+seeded = ch.seed(0)   # seeds Python, NumPy and torch (the returned generator is not used)
 
 
 # %% [markdown]
