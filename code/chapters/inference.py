@@ -216,7 +216,7 @@ ch.figure("decode-time", draw_timing, measured=True)
 KV_HEADS = [k for k in range(config.num_heads, 0, -1) if config.num_heads % k == 0]  # every divisor of h, h down to 1
 UPTRAIN_FRACTION = 0.05                                                  # the paper's 5%
 UPTRAIN_STEPS = max(1, round(UPTRAIN_FRACTION * meta.get("steps", 800)))
-BATCH = ch.pick(32, 16)
+BATCH = ch.pick(32, 8)
 uptrain_config = TrainConfig(steps=UPTRAIN_STEPS, lr=1e-3, warmup_steps=max(1, UPTRAIN_STEPS // 10),
                              min_lr_ratio=0.1, betas=(0.9, 0.99), weight_decay=0.1, seed=2)
 gqa_rows = {}
