@@ -132,9 +132,9 @@ def fingerprints(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def stale_chapters(layout: Layout, slugs, device: str, quick: bool) -> list[str]:
+def stale_chapters(layout: Layout, slugs, device: str, quick: bool, lib: str | None = None) -> list[str]:
     """Chapters whose key changed, or whose outputs are not exactly what the build wrote."""
-    manifest, lib = read_manifest(layout), library_digest(layout)
+    manifest, lib = read_manifest(layout), lib or library_digest(layout)
     return [s for s in slugs
             if manifest.get(s, {}).get("key") != chapter_key(layout, s, device, quick, lib)
             or manifest.get(s, {}).get("outputs") != fingerprints(layout.generated / s)]
@@ -322,9 +322,9 @@ def build_chapters(layout: Layout, slugs=None, device: str = "auto", jobs: int =
     needs = {s: chapter_needs(layout, s) for s in available}
     for s in available:  # a circle of needs stops here, with the circle named
         chapter_key(layout, s, device, quick, lib)
-    todo = slugs if force else stale_chapters(layout, slugs, device, quick)
+    todo = slugs if force else stale_chapters(layout, slugs, device, quick, lib)
     # a chapter asked for needs its stale dependencies built too (their outputs are its inputs)
-    stale_needed = stale_chapters(layout, _closure(needs, todo), device, quick)
+    stale_needed = stale_chapters(layout, _closure(needs, todo), device, quick, lib)
     todo = sorted(set(todo) | set(stale_needed))
     results = [Result(s, "cached") for s in slugs if s not in todo]
     for r in results:
