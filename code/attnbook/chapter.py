@@ -111,11 +111,11 @@ class Chapter:
                 raise
             parser.exit(2, f"error: {exc}\n")
         self.quick = bool(args.quick)
-        self._out_given = bool(args.out) and not os.environ.get("ATTNBOOK_BUILD") == "1"
+        by_build = os.environ.get("ATTNBOOK_BUILD") == "1"
+        self._out_given = bool(args.out) and not by_build   # a reader's own --out, not the build's folder
         self.out = Path(args.out) if args.out else default_out(slug)
         self.out.mkdir(parents=True, exist_ok=True)
         self.written: list[str] = []
-        by_build = os.environ.get("ATTNBOOK_BUILD") == "1"
         # the build writes into a temporary folder that then replaces docs/generated/<slug>
         shown = f"docs/generated/{slug}" if by_build else self.out
         print(f"[{slug}] device: {describe(self.device)}; quick: {self.quick}; out: {shown}")
