@@ -1,0 +1,61 @@
+"""Every bug in attnbook.bugs fails its check in attnbook.check, and the library passes
+every check: the appendix "Attention bugs" is a list of failing tests, kept failing."""
+import subprocess
+import sys
+
+import pytest
+
+from attnbook.bugs import BUGS
+from attnbook.check import EXERCISES, main, run_exercise
+
+
+@pytest.mark.parametrize("bug", BUGS, ids=[b.slug for b in BUGS])
+def test_the_wrong_code_fails_the_check_that_names_it(bug):
+    result = run_exercise(bug.exercise, bug.wrong)
+    assert not result.passed
+    assert bug.failing in result.failed(), result.report()
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_the_library_passes_every_check(name):
+    result = run_exercise(name, EXERCISES[name].library)
+    assert result.passed, result.report()
+
+
+def test_every_exercise_catches_at_least_one_bug_or_is_checked_elsewhere():
+    caught = {b.exercise for b in BUGS}
+    assert caught == set(EXERCISES), f"exercises without a bug that shows they can fail: {set(EXERCISES) - caught}"
+
+
+def test_a_crashing_candidate_is_reported_with_its_line():
+    def broken(q, k, v, mask=None):
+        return q @ k  # wrong shapes for a matmul
+    result = run_exercise("sdpa", broken)
+    assert not result.passed
+    assert "raised RuntimeError" in result.report() and "line" in result.report()
+
+
+def test_the_command_line_checks_a_readers_file(tmp_path, capsys):
+    good = tmp_path / "mine.py"
+    good.write_text("from attnbook.attention import repeat_kv\n")
+    assert main(["repeat-kv", str(good)]) == 0
+    assert "1 of 1 checks passed" in capsys.readouterr().out
+    bad = tmp_path / "bad.py"
+    bad.write_text("def tiles(x, num_heads):\n    return x.repeat(1, num_heads // x.shape[1], 1, 1)\n")
+    assert main(["repeat-kv", f"{bad}:tiles"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="defines no function 'repeat_kv'"):
+        main(["repeat-kv", str(bad)])
+
+
+def test_unknown_exercises_are_named():
+    with pytest.raises(ValueError, match="exercise must be one of"):
+        run_exercise("nope", print)
+    proc = subprocess.run([sys.executable, "-m", "attnbook.check", "nope", "x.py"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "exercise must be one of" in proc.stderr
+
+
+def test_the_list_names_every_exercise(capsys):
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in EXERCISES)
