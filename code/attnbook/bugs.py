@@ -8,6 +8,7 @@ anything from here into working code.
 import math
 from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -103,6 +104,93 @@ def repeat_kv_tiled(x, num_heads):
 # --8<-- [end:gqa_repeat]
 
 
+# --8<-- [start:kernel_sign]
+def nadaraya_watson_wrong_sign(queries, keys, values, bandwidth):
+    sq_dist = ((queries[:, None, :] - keys[None, :, :]) ** 2).sum(-1)
+    weights = torch.softmax(sq_dist / (2 * bandwidth ** 2), dim=-1)  # BUG: the score is MINUS the distance
+    return weights @ values
+# --8<-- [end:kernel_sign]
+
+
+# --8<-- [start:additive_no_tanh]
+def additive_scores_without_tanh(query, keys, W_q, W_k, v):
+    projected = (query @ W_q.T)[:, :, None, :] + (keys @ W_k.T)[:, None, :, :]
+    return projected @ v  # BUG: no tanh, so the query's share is the same for every key
+# --8<-- [end:additive_no_tanh]
+
+
+# --8<-- [start:top_p_drops_crossing]
+def top_p_drops_the_crossing_token(logits, p):
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    mass = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+    drop_sorted = mass > p  # BUG: drops the token that takes the mass past p (and, if it is the first, all)
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+# --8<-- [end:top_p_drops_crossing]
+
+
+# --8<-- [start:key_chunks]
+def attention_in_key_chunks_softmaxed_apart(q, k, v, chunk_size):
+    outs = []
+    for start in range(0, k.shape[2], chunk_size):  # BUG: chunks the KEYS, one softmax per chunk
+        kc, vc = k[:, :, start:start + chunk_size], v[:, :, start:start + chunk_size]
+        outs.append(F.scaled_dot_product_attention(q, kc, vc))
+    return torch.stack(outs).mean(0)  # ... and an average of partial answers is not the answer
+# --8<-- [end:key_chunks]
+
+
+# --8<-- [start:causal_window_future]
+def sliding_window_mask_with_future(seq_len, window, causal):
+    offset = torch.arange(seq_len)[None, :] - torch.arange(seq_len)[:, None]  # j - i
+    return offset.abs() <= window  # BUG: ignores causal, so a causal model sees `window` future keys
+# --8<-- [end:causal_window_future]
+
+
+# --8<-- [start:linformer_queries]
+def linformer_projecting_queries(q, k, v, e_proj, f_proj):
+    return F.scaled_dot_product_attention(e_proj @ q, e_proj @ k, f_proj @ v)  # BUG: n queries become k
+# --8<-- [end:linformer_queries]
+
+
+# --8<-- [start:linear_normaliser]
+def causal_linear_attention_global_normaliser(q, k, v):
+    phi_q, phi_k = F.elu(q) + 1, F.elu(k) + 1
+    state = torch.einsum("bhnd,bhne->bhnde", phi_k, v).cumsum(dim=2)     # causal numerator: right
+    normaliser = phi_k.sum(dim=2, keepdim=True)                          # BUG: sums over ALL keys
+    numerator = torch.einsum("bhnd,bhnde->bhne", phi_q, state)
+    return numerator / (phi_q * normaliser).sum(-1, keepdim=True)
+# --8<-- [end:linear_normaliser]
+
+
+# --8<-- [start:lsh_half]
+def lsh_buckets_half(x, rotations):
+    return (x @ rotations).argmax(dim=-1)  # BUG: without -xR only b/2 of the b buckets exist
+# --8<-- [end:lsh_half]
+
+
+# --8<-- [start:online_no_rescale]
+def online_softmax_without_rescaling(q, k, v, block_size):
+    scale = q.shape[-1] ** -0.5
+    running_max = torch.full(q.shape[:-1] + (1,), float("-inf"), dtype=q.dtype)
+    running_sum = torch.zeros_like(running_max)
+    out = torch.zeros(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype)
+    for start in range(0, k.shape[2], block_size):
+        scores = q @ k[:, :, start:start + block_size].transpose(-2, -1) * scale
+        running_max = torch.maximum(running_max, scores.amax(-1, keepdim=True))
+        weights = torch.exp(scores - running_max)
+        running_sum = running_sum + weights.sum(-1, keepdim=True)  # BUG: earlier terms used an older maximum
+        out = out + weights @ v[:, :, start:start + block_size]      # BUG: ... and so did the output
+    return out / running_sum
+# --8<-- [end:online_no_rescale]
+
+
+# --8<-- [start:fit_linear_axes]
+def fit_exponent_without_logs(lengths, times):
+    slope, _ = np.polyfit(np.asarray(lengths, dtype=float), np.asarray(times, dtype=float), deg=1)
+    return float(slope)  # BUG: the slope of t against n is a rate in seconds per token, not an exponent
+# --8<-- [end:fit_linear_axes]
+
+
 class Bug(NamedTuple):
     slug: str          # the snippet section above, and the appendix's anchor
     title: str
@@ -112,6 +200,10 @@ class Bug(NamedTuple):
 
 
 BUGS = [
+    Bug("kernel_sign", "A kernel score with the wrong sign", "nadaraya-watson",
+        "near training points get the most weight", nadaraya_watson_wrong_sign),
+    Bug("additive_no_tanh", "Additive attention without its nonlinearity", "additive-scores",
+        "the weights depend on the query", additive_scores_without_tanh),
     Bug("scale_by_d_model", "Scaling by d_model instead of d_head", "multi-head",
         "equals torch's multi-head attention", mha_scaled_by_d_model),
     Bug("merge_without_transpose", "Joining heads in the wrong order", "merge-heads",
@@ -133,4 +225,20 @@ BUGS = [
     Bug("rope_interleaved", "RoPE layouts mixed", "rope", "the half-split layout", rope_interleaved),
     Bug("gqa_repeat", "GQA heads repeated in the wrong order", "repeat-kv",
         "query head h uses kv head h // (num_heads / kv_heads)", repeat_kv_tiled),
+    Bug("top_p_drops_crossing", "Top-p that drops the token crossing p", "top-p",
+        "the token that crosses p is kept", top_p_drops_the_crossing_token),
+    Bug("key_chunks", "Chunking the keys with one softmax per chunk", "query-chunks",
+        "exact for every chunk size", attention_in_key_chunks_softmaxed_apart),
+    Bug("causal_window_future", "A causal window that sees the future", "window-mask",
+        "the causal window sees no future key", sliding_window_mask_with_future),
+    Bug("linformer_queries", "Projecting the queries in Linformer", "linformer",
+        "softmax(Q (E K)^T / sqrt(d)) (F V)", linformer_projecting_queries),
+    Bug("linear_normaliser", "Causal linear attention with a global normaliser", "causal-linear",
+        "causal in numerator and normaliser, and exact", causal_linear_attention_global_normaliser),
+    Bug("lsh_half", "Angular LSH with half its buckets", "lsh-buckets",
+        "h(x) = argmax([xR, -xR]) over all b buckets", lsh_buckets_half),
+    Bug("online_no_rescale", "An online softmax that forgets to rescale", "online-softmax",
+        "exact for every block size", online_softmax_without_rescaling),
+    Bug("fit_linear_axes", "A scaling exponent fitted on linear axes", "fit-exponent",
+        "the slope in log-log space", fit_exponent_without_logs),
 ]

@@ -451,8 +451,362 @@ DROPOUT = Exercise(
 )
 
 
+# -- exercise: Nadaraya-Watson kernel regression (chapter 1) ---------------------------------
+
+def _nw_reference(queries, keys, values, bandwidth):
+    sq = ((queries[:, None, :] - keys[None, :, :]) ** 2).sum(-1)          # (n, m)
+    kernel = torch.exp(-sq / (2 * bandwidth ** 2))
+    return (kernel / kernel.sum(-1, keepdim=True)) @ values
+
+
+def _nw_near(f):
+    keys = torch.tensor([[0.0], [1.0], [5.0]], dtype=torch.float64)
+    values = torch.tensor([[10.0], [20.0], [30.0]], dtype=torch.float64)
+    got = _tensor("the estimate", f(torch.tensor([[0.1]], dtype=torch.float64), keys, values, 0.3))
+    if got.shape == (1, 1) and got.item() > 25:
+        raise CheckFailed(f"at q = 0.1, between training points 0 (value 10) and 1 (value 20), the estimate is "
+                          f"{got.item():.3g}: the weight goes to the FARTHEST point (5, value 30)")
+    _close("the estimate", got, _nw_reference(torch.tensor([[0.1]], dtype=torch.float64), keys, values, 0.3))
+
+
+def _nw_random(f):
+    queries, keys, values = _rand(7, 2, seed=80), _rand(9, 2, seed=81), _rand(9, 3, seed=82)
+    _close("the estimate", f(queries, keys, values, 0.7), _nw_reference(queries, keys, values, 0.7))
+
+
+def _library_nw(queries, keys, values, bandwidth):
+    from .attention.kernel_regression import nadaraya_watson
+    return nadaraya_watson(queries, keys, values, bandwidth=bandwidth)
+
+
+NADARAYA_WATSON = Exercise(
+    "nadaraya-watson", "1. Why attention", "foundations/why-attention.md",
+    "nadaraya_watson(queries, keys, values, bandwidth) -> (n, d_v); queries (n, d), keys (m, d), values (m, d_v), "
+    "Gaussian kernel exp(-|q - k|^2 / (2 bandwidth^2))",
+    "nadaraya_watson",
+    (Check("near training points get the most weight", "the score is MINUS the squared distance", _nw_near),
+     Check("matches the Gaussian-kernel estimate", "weights = softmax over keys of -|q - k|^2 / (2 sigma^2)",
+           _nw_random)),
+    _library_nw,
+)
+
+
+# -- exercise: additive attention scores (chapter 3) ------------------------------------------
+
+def _additive_inputs():
+    return (_rand(2, 3, 4, seed=90), _rand(2, 5, 6, seed=91), _rand(7, 4, seed=92), _rand(7, 6, seed=93),
+            _rand(7, seed=94))
+
+
+def _additive_reference(query, keys, W_q, W_k, v):
+    scores = torch.empty(query.shape[0], query.shape[1], keys.shape[1], dtype=torch.float64)
+    for b in range(query.shape[0]):
+        for i in range(query.shape[1]):
+            for j in range(keys.shape[1]):
+                scores[b, i, j] = v @ torch.tanh(W_q @ query[b, i] + W_k @ keys[b, j])
+    return scores
+
+
+def _additive_depends_on_query(f):
+    query, keys, W_q, W_k, v = _additive_inputs()
+    weights = torch.softmax(_tensor("the scores", f(query, keys, W_q, W_k, v)), dim=-1)
+    if weights.shape == (2, 3, 5) and torch.allclose(weights[:, :1], weights[:, 1:], atol=1e-9):
+        raise CheckFailed("every decoder step gets the same attention weights: without the tanh, "
+                          "v(W_q s + W_k h_j) = v W_q s + v W_k h_j, and the query's term is the same for "
+                          "every source position, so the softmax removes it")
+
+
+def _additive_values(f):
+    query, keys, W_q, W_k, v = _additive_inputs()
+    _close("the scores", f(query, keys, W_q, W_k, v), _additive_reference(query, keys, W_q, W_k, v))
+
+
+def _library_additive(query, keys, W_q, W_k, v):
+    from .attention.additive import additive_scores
+    return additive_scores(query, keys, W_q, W_k, v)
+
+
+ADDITIVE = Exercise(
+    "additive-scores", "3. Additive and multiplicative attention", "foundations/bahdanau-luong.md",
+    "additive_scores(query, keys, W_q, W_k, v) -> (batch, q_len, src_len); query (batch, q_len, query_dim), "
+    "keys (batch, src_len, key_dim), W_q (attn_dim, query_dim), W_k (attn_dim, key_dim), v (attn_dim,)",
+    "additive_scores",
+    (Check("the weights depend on the query", "apply tanh to W_q s_i + W_k h_j before the dot product with v",
+           _additive_depends_on_query),
+     Check("e_ij = v . tanh(W_q s_i + W_k h_j)", "broadcast (batch, q_len, 1, attn_dim) + (batch, 1, src_len, "
+           "attn_dim)", _additive_values)),
+    _library_additive,
+)
+
+
+# -- exercise: nucleus (top-p) filtering (chapter 8) ------------------------------------------
+
+def _top_p_reference(logits: Tensor, p: float) -> Tensor:
+    out = torch.full_like(logits, float("-inf"))
+    probs = torch.softmax(logits, -1)
+    for row in range(logits.shape[0]):
+        mass = 0.0
+        for index in torch.argsort(probs[row], descending=True).tolist():
+            out[row, index] = logits[row, index]
+            mass += probs[row, index].item()
+            if mass >= p:
+                break
+    return out
+
+
+def _top_p_keeps_top(f):
+    logits = torch.tensor([[4.0, 1.0, 0.5, 0.0]], dtype=torch.float64)  # the top token has ~91% of the mass
+    got = _tensor("the filtered logits", f(logits, 0.5))
+    if got.shape == logits.shape and not torch.isfinite(got[0, 0]):
+        raise CheckFailed("with p = 0.5 and a top token of probability 0.91 nothing was kept: the token whose "
+                          "probability takes the total past p belongs to the nucleus")
+    _close_inf("the filtered logits", got, _top_p_reference(logits, 0.5))
+
+
+def _close_inf(name, got, want):
+    if got.shape != want.shape or not torch.equal(torch.isinf(got), torch.isinf(want)):
+        kept = (~torch.isinf(got)).sum(-1).tolist() if got.shape == want.shape else "?"
+        raise CheckFailed(f"{name} keep {kept} tokens per row; the nucleus has {(~torch.isinf(want)).sum(-1).tolist()}")
+    _close(name, torch.where(torch.isinf(want), 0.0, got.double()), torch.where(torch.isinf(want), 0.0, want))
+
+
+def _top_p_random(f):
+    logits = _rand(6, 20, seed=100) * 2
+    for p in (0.3, 0.75, 0.95):
+        _close_inf(f"the filtered logits at p = {p}", f(logits, p), _top_p_reference(logits, p))
+
+
+def _library_top_p(logits, p):
+    from .models.gpt import top_p_filter
+    return top_p_filter(logits, p)
+
+
+TOP_P = Exercise(
+    "top-p", "8. A GPT from scratch", "position/gpt.md",
+    "top_p_filter(logits, p) -> logits (rows, vocab) with every token outside the nucleus set to -inf",
+    "top_p_filter",
+    (Check("the token that crosses p is kept", "keep a token when the mass BEFORE it is still below p",
+           _top_p_keeps_top),
+     Check("the smallest set of likeliest tokens with mass >= p", "sort by probability, cumulative sum, keep the "
+           "prefix", _top_p_random)),
+    _library_top_p,
+)
+
+
+# -- exercise: attention in query chunks (chapter 10) -----------------------------------------
+
+def _query_chunks_check(f):
+    q, k, v = _rand(1, 2, 10, 4, seed=110), _rand(1, 2, 10, 4, seed=111), _rand(1, 2, 10, 3, seed=112)
+    want = F.scaled_dot_product_attention(q, k, v)
+    for chunk in (1, 3, 10, 16):
+        _close(f"the output with chunk_size={chunk}", f(q, k, v, chunk), want)
+
+
+def _library_query_chunks(q, k, v, chunk_size):
+    from .attention.flash import flash_attention
+    return flash_attention(q, k, v, block_q=chunk_size, block_k=k.shape[2])
+
+
+QUERY_CHUNKS = Exercise(
+    "query-chunks", "10. The quadratic wall", "efficient/quadratic-wall.md",
+    "attention_in_query_chunks(q, k, v, chunk_size) -> out: exact attention, chunk_size queries at a time, so "
+    "only a (chunk_size, k_len) block of scores exists at once",
+    "attention_in_query_chunks",
+    (Check("exact for every chunk size", "split the QUERIES; each chunk still sees every key, so its softmax is "
+           "complete (splitting the keys needs the online softmax of chapter 15)", _query_chunks_check),),
+    _library_query_chunks,
+)
+
+
+# -- exercise: sliding-window masks (chapter 11) ----------------------------------------------
+
+def _window_reference(seq_len, window, causal):
+    i, j = torch.arange(seq_len)[:, None], torch.arange(seq_len)[None, :]
+    return (j >= i - window) & (j <= (i if causal else i + window))
+
+
+def _window_check(f, causal):
+    for seq_len, window in ((6, 1), (9, 3), (4, 5)):
+        got = f(seq_len, window, causal)
+        want = _window_reference(seq_len, window, causal)
+        if not isinstance(got, Tensor) or got.shape != want.shape or not torch.equal(got.bool(), want):
+            shown = got.int().tolist() if isinstance(got, Tensor) else got
+            raise CheckFailed(f"sliding_window_mask({seq_len}, {window}, causal={causal}) should be\n"
+                              f"{want.int().tolist()}\ngot\n{shown}")
+
+
+def _library_window(seq_len, window, causal):
+    from .attention.local import sliding_window_mask
+    return sliding_window_mask(seq_len, window, causal=causal)
+
+
+WINDOW = Exercise(
+    "window-mask", "11. Sparse attention patterns", "efficient/sparse-patterns.md",
+    "sliding_window_mask(seq_len, window, causal) -> bool (seq_len, seq_len): key j allowed for query i when "
+    "i - window <= j <= i + window (j <= i when causal)",
+    "sliding_window_mask",
+    (Check("the two-sided window", "compare the offset j - i with -window and +window",
+           lambda f: _window_check(f, False)),
+     Check("the causal window sees no future key", "the upper bound is j <= i when causal",
+           lambda f: _window_check(f, True))),
+    _library_window,
+)
+
+
+# -- exercise: Linformer (chapter 12) ---------------------------------------------------------
+
+def _linformer_check(f):
+    q, k, v = _rand(1, 2, 8, 4, seed=120), _rand(1, 2, 8, 4, seed=121), _rand(1, 2, 8, 3, seed=122)
+    e_proj, f_proj = _rand(3, 8, seed=123) / 3, _rand(3, 8, seed=124) / 3
+    got = _tensor("the output", f(q, k, v, e_proj, f_proj))
+    if got.shape != (1, 2, 8, 3):
+        raise CheckFailed(f"the output has shape {tuple(got.shape)}; expected one row per query, (1, 2, 8, 3): "
+                          "project the keys and values along the sequence, never the queries")
+    _close("the output", got, F.scaled_dot_product_attention(q, e_proj @ k, f_proj @ v))
+
+
+def _library_linformer(q, k, v, e_proj, f_proj):
+    from .attention.linformer import linformer_attention
+    return linformer_attention(q, k, v, e_proj, f_proj)
+
+
+LINFORMER = Exercise(
+    "linformer", "12. Low-rank attention", "efficient/low-rank.md",
+    "linformer_attention(q, k, v, e_proj, f_proj) -> (batch, heads, n, d_v); e_proj, f_proj (k, n) mix the n "
+    "positions of the keys and values into k",
+    "linformer_attention",
+    (Check("softmax(Q (E K)^T / sqrt(d)) (F V)", "E @ k and F @ v act on the sequence axis (-2)", _linformer_check),),
+    _library_linformer,
+)
+
+
+# -- exercise: causal linear attention (chapter 13) -------------------------------------------
+
+def _linear_reference(q, k, v):
+    phi_q, phi_k = F.elu(q) + 1, F.elu(k) + 1
+    sim = (phi_q @ phi_k.transpose(-2, -1)).tril()        # (.., n, n), key j <= query i
+    return (sim @ v) / sim.sum(-1, keepdim=True)
+
+
+def _linear_future(f):
+    q, k, v = (_rand(1, 2, 7, 4, seed=s) for s in (130, 131, 132))
+    before = _tensor("the output", f(q, k, v))
+    k2, v2 = k.clone(), v.clone()
+    k2[..., 5:, :] *= 3.0
+    v2[..., 5:, :] += 1.0
+    after = _tensor("the output", f(q, k2, v2))
+    if not torch.allclose(before[..., :5, :], after[..., :5, :], atol=1e-9):
+        raise CheckFailed("changing keys and values 5-6 changed the outputs at positions 0-4: a causal prefix sum "
+                          "must include only keys j <= i, in the numerator AND the denominator")
+    _close("the output", before, _linear_reference(q, k, v))
+
+
+def _library_linear(q, k, v):
+    from .attention.linear import linear_attention
+    return linear_attention(q, k, v, causal=True)
+
+
+LINEAR = Exercise(
+    "causal-linear", "13. Kernelized attention", "efficient/kernels.md",
+    "causal_linear_attention(q, k, v) -> out with phi = elu + 1: out_i = phi(q_i) S_i / phi(q_i) z_i, "
+    "S_i = sum_{j<=i} phi(k_j)^T v_j, z_i = sum_{j<=i} phi(k_j)^T",
+    "causal_linear_attention",
+    (Check("causal in numerator and normaliser, and exact", "torch.cumsum over the sequence for both S and z",
+           _linear_future),),
+    _library_linear,
+)
+
+
+# -- exercise: angular LSH (chapter 14) -------------------------------------------------------
+
+def _lsh_check(f):
+    x, rotations = _rand(2, 50, 6, seed=140), _rand(6, 4, seed=141)   # 8 buckets
+    got = f(x, rotations)
+    projected = x @ rotations
+    want = torch.cat([projected, -projected], dim=-1).argmax(-1)
+    if not isinstance(got, Tensor) or got.shape != want.shape:
+        raise CheckFailed(f"expected bucket ids of shape {tuple(want.shape)}, got {getattr(got, 'shape', got)}")
+    if got.max() < 4:
+        raise CheckFailed("only buckets 0-3 of 8 are ever used: the hash is argmax over [xR, -xR], so a vector "
+                          "pointing away from rotation column r lands in bucket r + b/2")
+    if not torch.equal(got.long(), want):
+        raise CheckFailed(f"{int((got.long() != want).sum())} of {want.numel()} vectors are in the wrong bucket")
+
+
+def _library_lsh(x, rotations):
+    projected = x @ rotations
+    return torch.cat([projected, -projected], dim=-1).argmax(dim=-1)
+
+
+LSH = Exercise(
+    "lsh-buckets", "14. Hashing attention", "efficient/hashing.md",
+    "lsh_buckets(x, rotations) -> int (..., seq); x (..., seq, d), rotations (d, b/2) for b buckets",
+    "lsh_buckets",
+    (Check("h(x) = argmax([xR, -xR]) over all b buckets", "concatenate xR and -xR before the argmax", _lsh_check),),
+    _library_lsh,
+)
+
+
+# -- exercise: the online softmax (chapter 15) ------------------------------------------------
+
+def _online_check(f):
+    q, k, v = _rand(1, 2, 5, 4, seed=150) * 3, _rand(1, 2, 12, 4, seed=151) * 3, _rand(1, 2, 12, 3, seed=152)
+    want = F.scaled_dot_product_attention(q, k, v)
+    for block in (1, 5, 12):
+        _close(f"the output with block_size={block}", f(q, k, v, block), want)
+
+
+def _library_online(q, k, v, block_size):
+    from .attention.flash import flash_attention
+    return flash_attention(q, k, v, block_q=q.shape[2], block_k=block_size)
+
+
+ONLINE = Exercise(
+    "online-softmax", "15. Exact and IO-aware attention", "efficient/io-aware.md",
+    "attention_in_key_blocks(q, k, v, block_size) -> out: exact attention reading block_size keys at a time "
+    "with a running maximum, running sum and running output",
+    "attention_in_key_blocks",
+    (Check("exact for every block size", "when the running maximum grows from m to m', multiply the running sum "
+           "AND the running output by exp(m - m')", _online_check),),
+    _library_online,
+)
+
+
+# -- exercise: fitting a scaling exponent (chapter 16) ----------------------------------------
+
+def _fit_check(f):
+    lengths = [1024, 2048, 4096, 8192, 16384]
+    for exponent in (1.0, 1.5, 2.0):
+        times = [3e-9 * n ** exponent * (1.0 + 0.01 * (-1) ** i) for i, n in enumerate(lengths)]
+        got = f(lengths, times)
+        logs_n = torch.tensor(lengths, dtype=torch.float64).log()
+        logs_t = torch.tensor(times, dtype=torch.float64).log()
+        want = float(((logs_n - logs_n.mean()) * (logs_t - logs_t.mean())).sum() / ((logs_n - logs_n.mean()) ** 2).sum())
+        if not isinstance(got, (float, int)) and not (isinstance(got, Tensor) and got.numel() == 1):
+            raise CheckFailed(f"expected one number (the exponent p), got {type(got).__name__}")
+        if abs(float(got) - want) > 1e-6:
+            raise CheckFailed(f"times growing like n^{exponent} gave p = {float(got):.4g}; the least-squares slope "
+                              f"of log t against log n is {want:.4g}")
+
+
+def _library_fit(lengths, times):
+    from .bench import fit_power_law
+    return fit_power_law(lengths, times)[0]
+
+
+FIT = Exercise(
+    "fit-exponent", "16. Benchmarks", "efficient/benchmarks.md",
+    "fit_exponent(lengths, times) -> p, the least-squares slope of log(time) against log(length)",
+    "fit_exponent",
+    (Check("the slope in log-log space", "fit a line to (log n, log t); on linear axes the slope is not an "
+           "exponent", _fit_check),),
+    _library_fit,
+)
+
+
 EXERCISES: dict[str, Exercise] = {e.name: e for e in (
-    SDPA, CAUSAL_MASK, MULTI_HEAD, MERGE_HEADS, ROPE, DROPOUT, CAUSAL_ATTENTION, GQA)}
+    NADARAYA_WATSON, SDPA, ADDITIVE, CAUSAL_MASK, MULTI_HEAD, MERGE_HEADS, ROPE, DROPOUT, TOP_P, CAUSAL_ATTENTION,
+    GQA, QUERY_CHUNKS, WINDOW, LINFORMER, LINEAR, LSH, ONLINE, FIT)}
 
 
 # -- running ---------------------------------------------------------------------------------

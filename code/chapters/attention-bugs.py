@@ -82,7 +82,7 @@ ch.figure("cache-masks", draw_masks)
 for bug in BUGS:
     result = run_exercise(bug.exercise, bug.wrong)
     assert bug.failing in result.failed(), f"{bug.slug}: the check {bug.failing!r} did not fail"
-    report = result.report(f"attnbook.bugs.{bug.wrong.__name__}")
+    report = result.report(f"my_code.py:{bug.wrong.__name__}")
     print(report, end="\n\n")
     ch.markdown(f"check-{bug.slug}", f"```text\n$ python -m attnbook.check {bug.exercise} "
                 f"my_code.py:{bug.wrong.__name__}\n{report}\n```\n")
