@@ -59,3 +59,12 @@ def test_the_list_names_every_exercise(capsys):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in EXERCISES)
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_each_exercise_is_offered_on_its_chapter_page(name, repo):
+    exercise = EXERCISES[name]
+    page = (repo / "docs" / exercise.page).read_text(encoding="utf-8")
+    assert f"python -m attnbook.check {name} " in page, f"docs/{exercise.page} does not offer exercise {name!r}"
+    number = exercise.chapter.split(".")[0]
+    assert page.startswith(f"# {number}. "), f"exercise {name!r} names chapter {number}, but docs/{exercise.page} is not it"
