@@ -175,3 +175,22 @@ def test_search_snippets_turn_tex_into_plain_text_without_backslashes():
         "k = minΘ(9dlog(d)/ε^2), 5Θ(log n)"
     text = clean_text(r"If \(k = \min\{a\}\) and \(a \\ b \mathcal{Q}\), then \[x\] holds.¶")
     assert "\\" not in text and "¶" not in text
+
+
+def test_paper_records_a_comparison_and_refuses_bad_input(tmp_path):
+    import json
+
+    from attnbook.chapter import PAPERS, Chapter
+
+    ch = Chapter("alpha", ["--out", str(tmp_path)])
+    assert json.loads((tmp_path / PAPERS).read_text()) == []   # every chapter has the file
+    ch.paper("vaswani2017", "the base model's BLEU on EN-DE", theirs="27.3 (Table 2)", ours="31.0 on our task",
+             section="the-paper-reproduced")
+    assert json.loads((tmp_path / PAPERS).read_text())[0]["theirs"] == "27.3 (Table 2)"
+    assert ch.written.count(PAPERS) == 1
+    with pytest.raises(ValueError, match="bibliography key"):
+        ch.paper("Vaswani et al.", "x", theirs="1", ours="2", section="s")
+    with pytest.raises(ValueError, match="ours must be a non-empty string"):
+        ch.paper("vaswani2017", "x", theirs="1", ours="", section="s")
+    with pytest.raises(ValueError, match="heading anchor"):
+        ch.paper("vaswani2017", "x", theirs="1", ours="2", section="#the-paper")

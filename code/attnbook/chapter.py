@@ -40,6 +40,8 @@ if IN_CLONE:
 
 
 MEASURED_FIGURES = "measured-figures.txt"  # figures drawn from timings (see Chapter.figure)
+PAPERS = "papers.json"  # published numbers beside the book's (see Chapter.paper)
+_CITE_KEY = re.compile(r"^[a-z]+[0-9]{4}[a-z0-9]*$")
 
 
 def _in_notebook() -> bool:
@@ -116,6 +118,8 @@ class Chapter:
         self.out = Path(args.out) if args.out else default_out(slug)
         self.out.mkdir(parents=True, exist_ok=True)
         self.written: list[str] = []
+        self._papers: list[dict] = []
+        self._write_papers()  # every chapter has the file, so the papers index can rely on it
         # the build writes into a temporary folder that then replaces docs/generated/<slug>
         shown = f"docs/generated/{slug}" if by_build else self.out
         print(f"[{slug}] device: {describe(self.device)}; quick: {self.quick}; out: {shown}")
@@ -250,6 +254,31 @@ class Chapter:
         path = self.out / f"{name}.json"
         path.write_text(json.dumps(data, separators=(",", ":"), sort_keys=True), encoding="utf-8")
         return self._record(path)
+
+    def paper(self, key: str, claim: str, *, theirs: str, ours: str, section: str) -> None:
+        """Record a published number beside the book's, for the "Papers explained" index.
+
+        ``key`` is the bibliography key (``vaswani2017``); ``claim`` says what the paper
+        reports; ``theirs`` quotes it with its table or figure (``"27.3 BLEU (Table 2)"``);
+        ``ours`` is this run's number, formatted by the script; ``section`` is the heading
+        anchor on the chapter page where the comparison is shown (``"the-paper-reproduced"``).
+        """
+        if not _CITE_KEY.match(key):
+            raise ValueError(f"key must be a bibliography key like 'vaswani2017', got {key!r}")
+        for name, value in (("claim", claim), ("theirs", theirs), ("ours", ours), ("section", section)):
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        if "#" in section or " " in section:
+            raise ValueError(f"section must be a heading anchor such as 'the-paper-reproduced', got {section!r}")
+        self._papers.append({"key": key, "claim": claim.strip(), "theirs": theirs.strip(),
+                             "ours": ours.strip(), "section": section})
+        self._write_papers()
+
+    def _write_papers(self) -> None:
+        path = self.out / PAPERS
+        path.write_text(json.dumps(self._papers, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        if PAPERS not in self.written:
+            self._record(path)
 
     def path(self, filename: str) -> Path:
         """A path in the output folder for a writer of one's own (e.g. a GIF)."""
