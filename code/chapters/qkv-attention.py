@@ -177,6 +177,11 @@ ch.table("variance", ["$d_k$", "paper: $\\operatorname{Var}(q \\cdot k) = d_k$",
 ch.markdown("variance-setup", f"Each row uses {num_pairs:,} independent pairs of vectors with "
             f"N(0, 1) components, computed in float64. The largest deviation from the paper's value "
             f"is {max(abs(z) for z in z_scores):.1f} standard errors.")
+ch.paper("vaswani2017", "Var(q·k) = d_k for unit-variance components, hence the 1/sqrt(d_k) scale",
+         theirs="Var(q·k) = d_k (footnote 4)",
+         ours=f"Var(q·k) = {var_raw[d_ks.index(64)]:.1f} at d_k = 64 (Var(q·k)/d_k within "
+              f"{max(abs(z) for z in z_scores):.1f} s.e. of 1 for d_k = 4..1024)",
+         section="the-paper-reproduced")
 
 
 def draw_variance(theme: str):
@@ -610,6 +615,16 @@ ch.table("table1", ["layer type", "paper: complexity per layer", r"ours: FLOPs $
      "O(n)", ", ".join(str(c[0]) for c in chains["rnn"]),
      "O(n)", ", ".join(str(c[1]) for c in chains["rnn"])),
 ], align="lcccccc")
+ch.paper("vaswani2017", "self-attention costs O(n^2 d) per layer, a recurrent layer O(n d^2)",
+         theirs="O(n²·d) and O(n·d²) (Table 1)",
+         ours=f"FLOPs measured: n^{slope(ns_flops, flops_n['core']):.2f} d^{slope(ds_flops, flops_d['core']):.2f}"
+              f" and n^{slope(ns_flops, flops_n['rnn']):.2f} d^{slope(ds_flops, flops_d['rnn']):.2f}",
+         section="the-paper-reproduced")
+ch.paper("vaswani2017", "sequential operations and path length: O(1) for self-attention, O(n) recurrent",
+         theirs="O(1) vs O(n) (Table 1)",
+         ours=f"path x0 -> y(n-1): {chains['attention'][-1][1]} products for attention, "
+              f"{chains['rnn'][-1][1]} for the RNN at n = {ns_graph[-1]}",
+         section="the-paper-reproduced")
 ch.markdown("table1-setup",
             f"FLOP exponents fitted over n = {ns_flops[0]}…{ns_flops[-1]} at d = {d_fixed} and over "
             f"d = {ds_flops[0]}…{ds_flops[-1]} at n = {n_fixed}; the self-attention FLOPs are those of "

@@ -174,6 +174,11 @@ for name, mask in patterns.items():
 ch.table("reach", ["pattern", "pairs counted", "mean keys", "max keys", "pairs reachable, 1 layer",
                    "pairs reachable, 2 layers", "needles reachable, 1 layer", "needles reachable, 2 layers"],
          reach_rows, align="llrrrrrr")
+ch.paper("child2019", "two layers of strided or fixed attention connect every pair of positions",
+         theirs="with p = 2 factorized heads, a path of at most p + 1 positions, p steps (§4.2)",
+         ours=f"causal pairs reachable in 2 layers: strided {100 * reach_data['strided']['two']:.1f}%, "
+              f"fixed {100 * reach_data['fixed']['two']:.1f}% (n = {N})",
+         section="the-paper-reproduced")
 ch.markdown("reach-setup", f"n = {N}; stride l = {STRIDE}; causal window {WINDOW} earlier keys; "
                            f"dilation {DILATION}; BigBird blocks of {BB_BLOCK}; needles at least "
                            f"{MIN_DISTANCE} positions before the last position.")
