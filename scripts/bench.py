@@ -5,8 +5,10 @@
                             [--allocator reuse|system] [--max-call-s S] [--error-len N]
 
 Full run: lengths 256 ... 16384 (the naive n×n attention only up to 8192), batch 1,
-4 heads, head_dim 64, float32, eager PyTorch (never torch.compile: it would turn the
-naive attention into a fused kernel). For every mechanism it records the median time
+4 heads, head_dim 64, float32, eager PyTorch (no torch.compile, which fuses some of the
+naive attention's passes; chapter 15). Times are read on the CPU time of the calling
+thread when torch runs on one thread on the CPU (``--threads 1``), else on the wall
+clock; the wall time of every call is kept too. For every mechanism it records the median time
 and the peak extra memory per length, the exponent p of time ~ n^p fitted on 2k-16k,
 the length from which it beats torch's SDPA (the causal SDPA for causal mechanisms),
 and its relative error against exact attention at n = 1024 on structured inputs
@@ -22,6 +24,7 @@ JSON only when ``--out`` is given.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -135,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         if reuse:
             bench.set_heap_reuse(False)  # main() may run inside a longer process (tests)
     results["command"] = ["scripts/bench.py", *(argv if argv is not None else sys.argv[1:])]
+    # when it was recorded (UTC, to the second): read by the benchmark chapter
+    results["recorded_utc"] = datetime.datetime.now(datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
 
     print()
     print(bench.format_table(bench.SUMMARY_HEADERS, bench.summary_rows(results)))
@@ -148,11 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         mem = summary["tiled_over_naive_memory"]
         print(f"tiled exact / naive peak extra memory at n = {mem['seq_len']}: {mem['ratio']:.4f}")
     for target in summary.get("targets", []):
-        print(f"  [{'met' if target['met'] else 'MISSED'}] {target['target']}: {target['value']}"
+        met = {True: "met", False: "MISSED", None: "reported"}[target["met"]]
+        value = target["value"]
+        value = (", ".join(f"{n}: {r:.3g}" for n, r in value.items()) if isinstance(value, dict)
+                 else f"{value:.3g}")
+        print(f"  [{met}] {target['target']}: {value}"
               + (f" ({target['note']})" if target.get("note") else ""))
     unavailable = [m["name"] for m in results["mechanisms"] if not m["available"]]
     if unavailable:
         print(f"\nunavailable (skipped): {', '.join(unavailable)}")
+    print(f"timed on: {bench.CLOCKS[results['clock']]}")
     print(f"elapsed {results['elapsed_s']:.1f} s; load average now "
           f"{results['machine']['load_average_after']}")
 

@@ -62,6 +62,15 @@ def test_quick_json_records_the_machine(quick_run):
     assert machine["device"] == "cpu"
 
 
+def test_quick_json_records_when_it_was_recorded(quick_run):
+    import datetime
+
+    _, results = quick_run
+    stamp = datetime.datetime.strptime(results["recorded_utc"], "%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    assert abs((now - stamp).total_seconds()) < 24 * 3600  # written by this test session
+
+
 def test_exact_mechanisms_have_no_error_in_quick_mode(quick_run):
     # float64 at n = 128: exact algorithms agree with the reference to rounding (~1e-16);
     # 1e-12 leaves room for summation order and is far below any approximation's error.

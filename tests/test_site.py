@@ -431,3 +431,148 @@ def test_explorer_without_javascript_points_to_the_static_figure(browser, server
         assert "static figure" in page.text_content(".attn-explorer")
     finally:
         context.close()
+
+
+# -- the explorer as a general component: a causal model (chapter 8) -----------------------------------
+GPT_EXPLORER_PAGE = "position/gpt/"
+
+
+def open_explorer(browser, server, path, **how):
+    visit = Visit(browser, server + path, **how)
+    visit.page.wait_for_selector(".attn-explorer[data-ready='true']", timeout=20000)
+    return visit
+
+
+def softmax(values, temperature=1.0):
+    import math
+    finite = [v for v in values if v is not None]
+    top = max(finite)
+    e = [0.0 if v is None else math.exp((v - top) / temperature) for v in values]
+    return [x / sum(e) for x in e]
+
+
+@pytest.fixture
+def gpt_explorer(browser, server, built_site):
+    visit = open_explorer(browser, server, GPT_EXPLORER_PAGE)
+    data = json.loads((built_site / "generated" / "gpt" / "explorer.json").read_text())
+    yield visit, data
+    visit.close()
+
+
+@pytest.mark.browser
+def test_explorer_of_a_causal_model_masks_later_keys(gpt_explorer):
+    visit, data = gpt_explorer
+    page = visit.page
+    assert data["causal"] is True
+    page.select_option(".attn-explorer .ae-layer", "1")
+    page.hover(".ae-token[data-index='3']")
+    future = page.eval_on_selector_all(".attn-explorer .ae-token", "bs => bs.map(b => b.classList.contains('ae-future'))")
+    assert future == [j > 3 for j in range(len(data["sentences"][0]["tokens"]))]
+    assert "masked" in page.get_attribute(".ae-token[data-index='5']", "aria-label")
+    expected = [f"{w:.3f}" for w in data["sentences"][0]["attention"][1][0][3]]
+    assert token_weights(page) == expected
+    assert not visit.errors and not visit.outside
+
+
+@pytest.mark.browser
+def test_explorer_stage_view_goes_from_scores_to_the_stored_weights(gpt_explorer):
+    visit, data = gpt_explorer
+    page = visit.page
+    page.select_option(".attn-explorer .ae-head", "2")
+    page.focus(".ae-token[data-index='6']")
+    stages = page.locator(".attn-explorer .ae-stages")
+    assert stages.get_attribute("data-available") == "true" and stages.get_attribute("data-query") == "6"
+    # the softmax of the stored (rounded) scores matches the stored weights up to rounding (1e-3 steps)
+    assert float(stages.get_attribute("data-max-diff")) < 3e-3
+    scores = data["sentences"][0]["scores"][0][2][6]
+    masked = [None if j > 6 else v for j, v in enumerate(scores)]
+    shown = page.eval_on_selector_all(".ae-stage-table tr[data-stage='softmax'] td", "ts => ts.map(t => t.textContent)")
+    assert shown == [f"{p:.3f}" for p in softmax(masked)]
+    masked_row = page.eval_on_selector_all(".ae-stage-table tr[data-stage='masked'] td", "ts => ts.map(t => t.textContent)")
+    assert masked_row[7:] == ["−∞"] * (len(scores) - 7)
+    raw = page.eval_on_selector_all(".ae-stage-table tr[data-stage='raw'] td", "ts => ts.map(t => t.textContent)")
+    assert raw[0] == f"{scores[0] / data['scale']:.2f}".replace("-", "−")
+    assert not visit.errors and not visit.outside
+
+
+@pytest.mark.browser
+def test_explorer_next_token_follows_temperature_and_top_k(gpt_explorer):
+    visit, data = gpt_explorer
+    page = visit.page
+    root = page.locator(".attn-explorer")
+    last = len(data["sentences"][0]["tokens"]) - 1
+    logits = data["sentences"][0]["next_token"]["logits"][last]   # no token chosen: the last position
+
+    def probs():
+        return [float(p) for p in page.eval_on_selector_all(".ae-cand", "cs => cs.map(c => c.dataset.prob)")]
+
+    assert probs() == pytest.approx(softmax(logits[:10]), abs=1e-4)   # shown to 4 decimals
+    page.focus(".attn-explorer .ae-temp")
+    for _ in range(5):
+        page.keyboard.press("ArrowLeft")  # 1.0 -> 0.5, from the keyboard
+    assert root.get_attribute("data-temperature") == "0.5"
+    page.select_option(".attn-explorer .ae-topk", "3")
+    assert root.get_attribute("data-topk") == "3"
+    assert probs() == pytest.approx(softmax(logits[:3], 0.5), abs=1e-4)
+    # another position: the distribution after it, with the character that actually follows marked
+    page.focus(".ae-token[data-index='2']")
+    tokens = data["sentences"][0]["next_token"]["tokens"][2][:3]
+    shown = page.eval_on_selector_all(".ae-cand-token", "cs => cs.map(c => c.textContent)")
+    assert len(shown) == 3 and shown == [{" ": "␣", "\n": "⏎"}.get(t, t) for t in tokens]
+    actual = data["sentences"][0]["tokens"][3]
+    assert page.locator(".ae-cand.ae-actual").count() == (1 if actual in tokens else 0)
+    assert not visit.errors and not visit.outside
+
+
+@pytest.mark.browser
+def test_explorer_of_a_causal_model_is_one_tab_stop_per_control(gpt_explorer):
+    visit, _ = gpt_explorer
+    stops = visit.page.evaluate("""() => [...document.querySelectorAll('.attn-explorer *')]
+        .filter(e => e.tabIndex >= 0 && !e.disabled && e.offsetParent !== null)
+        .map(e => e.className || e.tagName)""")
+    # input, layer and head menus, save, tokens, temperature, top-k, the layer x head grid
+    assert len(stops) == 8, stops
+    assert not visit.errors and not visit.outside
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("path", [EXPLORER_PAGE, GPT_EXPLORER_PAGE])
+def test_explorer_fits_a_phone_in_both_themes(browser, server, path, theme):
+    visit = open_explorer(browser, server, path, color_scheme=theme, width=PHONE)
+    try:
+        page = visit.page
+        page.focus(".ae-token[data-index='1']")
+        page.wait_for_timeout(200)
+        right = page.evaluate("""() => Math.max(...[...document.querySelectorAll('.attn-explorer *')]
+            .filter(e => !e.closest('.ae-sr')).map(e => e.getBoundingClientRect().right))""")
+        assert right <= PHONE, f"the explorer reaches {right} px on a {PHONE} px screen"
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE
+        assert not visit.errors and not visit.outside
+    finally:
+        visit.close()
+
+
+@pytest.mark.browser
+def test_two_explorers_on_one_page_are_independent(browser, server):
+    visit = open_explorer(browser, server, GPT_EXPLORER_PAGE)
+    try:
+        page = visit.page
+        page.evaluate("""() => {
+          const first = document.querySelector('.attn-explorer');
+          const second = document.createElement('div');
+          second.className = 'attn-explorer';
+          second.dataset.src = first.dataset.src;
+          first.after(second);
+          window.attnbookExplorer.init();
+        }""")
+        page.wait_for_function("() => document.querySelectorAll(\".attn-explorer[data-ready='true']\").length === 2")
+        first, second = page.locator(".attn-explorer").nth(0), page.locator(".attn-explorer").nth(1)
+        second.locator(".ae-layer").select_option("1")
+        second.locator(".ae-token[data-index='2']").focus()
+        assert (second.get_attribute("data-layer"), second.get_attribute("data-token")) == ("1", "2")
+        assert (first.get_attribute("data-layer"), first.get_attribute("data-token")) == ("0", "")
+        ids = page.eval_on_selector_all(".attn-explorer [id]", "es => es.map(e => e.id)")
+        assert len(ids) == len(set(ids)), "ids are unique per widget"
+        assert not visit.errors and not visit.outside
+    finally:
+        visit.close()

@@ -11,8 +11,8 @@ Reusable pieces for ``scripts/bench.py`` and the benchmark chapter:
   or, as a cross-check on Linux, the process's resident-set high-water mark.
 * **structured inputs** (``local_inputs``, ``clustered_inputs``, ``gaussian_inputs``):
   approximations are judged on inputs whose attention has structure, as real attention
-  does. With independent Gaussian queries and keys every softmax row is nearly flat and
-  every approximation looks equally (and uninformatively) bad.
+  does. With independent Gaussian queries and keys every softmax row is nearly flat, and
+  every approximation's error is large and uninformative.
 * **fits** (``fit_power_law``, ``crossover_length``): the exponent ``p`` of time ~ n^p
   by least squares in log-log space, and the length from which a mechanism beats its
   baseline.
@@ -20,7 +20,8 @@ Reusable pieces for ``scripts/bench.py`` and the benchmark chapter:
   is benchmarked at, and ``run_benchmark``, which measures them all.
 
 Layout ``(batch, heads, seq, head_dim)`` throughout. Everything runs eagerly: no
-``torch.compile``, which would rewrite the naive attention into a fused kernel.
+``torch.compile``, which fuses some of the naive attention's passes (chapter 15) and would
+blur the unfused costs the benchmark sets out to show.
 """
 from __future__ import annotations
 
@@ -237,7 +238,7 @@ def peak_extra_memory(
 # --------------------------------------------------------------------------------------
 
 def _amplitude(head_dim: int, peak_score: float) -> float:
-    """Norm of q and k such that a query meets its own key with score qᵀk/√d = peak_score."""
+    """Norm of q and k such that a query meets its own key with score q kᵀ/√d = peak_score."""
     return math.sqrt(peak_score * math.sqrt(head_dim))
 
 
@@ -251,7 +252,7 @@ def local_inputs(
 
     Position t gets random Fourier features of an RBF kernel over positions,
     q_t = a·√(2/d)·[cos(ω_i t + φ_i), sin(ω_i t + φ_i)]_{i<d/2}, ω_i ~ N(0, 1/ℓ²), so
-    q_tᵀq_s = a²·mean_i cos(ω_i (t−s)) ≈ a²·exp(−(t−s)²/2ℓ²): the score falls from
+    q_t q_sᵀ = a²·mean_i cos(ω_i (t−s)) ≈ a²·exp(−(t−s)²/2ℓ²): the score falls from
     ``peak_score`` at distance 0 to about 0 beyond a few ℓ = ``length_scale``, and each
     query spends most of its weight on keys within about ±ℓ (a little leaks everywhere,
     because a finite sum of cosines never vanishes). Keys are the queries plus a small
@@ -479,6 +480,7 @@ class Mechanism:
     note: str = ""
     reference: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
     expected_exponent: str = "1"
+    expected_note: str = ""  # what the expected exponent counts, e.g. "work"
     unavailable: Callable[[], str | None] | None = None  # why it cannot run here, if it cannot
     measure_error: bool = True  # False for the non-attention reference
 
@@ -675,10 +677,12 @@ MECHANISMS: list[Mechanism] = [
               "blocks of 64; 3 window, 2 global, 3 random blocks", "bigbird", _bigbird),
     Mechanism("sparse_strided", "sparse", False, True, "stride ⌊√n⌋ (causal)", "sparse",
               _strided, baseline="sdpa_causal", reference=_exact_causal,
-              expected_exponent="1.5", note="n·√n by design: stride grows as √n"),
+              expected_exponent="1.5", expected_note="work",
+              note="n·√n by design: stride grows as √n"),
     Mechanism("sparse_fixed", "sparse", False, True, "stride ⌊√n⌋, c = 8 (causal)", "sparse",
               _fixed, baseline="sdpa_causal", reference=_exact_causal,
-              expected_exponent="1.5", note="n·√n by design: n/l summary keys per row"),
+              expected_exponent="1.5", expected_note="work",
+              note="n·√n by design: n/l summary keys per row"),
     Mechanism("linformer", "low-rank", False, False,
               f"k = {LINFORMER_K}, random (untrained) E, F", "linformer", _linformer),
     Mechanism("linformer_pool", "low-rank", False, False,
@@ -691,7 +695,7 @@ MECHANISMS: list[Mechanism] = [
               "FAVOR+, m = ⌈d ln d⌉ orthogonal positive features", "performer", _performer),
     Mechanism("reformer", "hashing", False, False,
               "LSH, 32 buckets, chunks of 64, 2 rounds; shared QK", "reformer", _reformer,
-              reference=_shared_qk_reference,
+              reference=_shared_qk_reference, expected_note="n log n sort",
               note="error against dense shared-QK attention (unit keys, self-mask, scale 1)"),
 ]
 
@@ -766,17 +770,6 @@ def predicted_call_time(points: Sequence[tuple[int, float]], seq_len: int) -> fl
         (n_prev, t_prev) = points[-2]
         exponent = min(2.5, max(1.0, math.log(t_last / t_prev) / math.log(n_last / n_prev)))
     return t_last * (seq_len / n_last) ** exponent
-
-
-def _timed_call(fn: Callable[[], object], device) -> float:
-    """Seconds taken by one call of ``fn``, its result dropped at once."""
-    synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    synchronize(device)
-    elapsed = time.perf_counter() - start
-    del result
-    return elapsed
 
 
 def _error_entry(mechanism: Mechanism, config: BenchConfig, device) -> dict:
@@ -855,23 +848,28 @@ def summarise(results: dict, config: BenchConfig) -> dict:
 
 
 def _targets(summary: dict, results: dict, config: BenchConfig) -> list[dict]:
-    """The issue's targets for this machine, reported (never asserted)."""
+    """The issue's targets for this machine, reported (never asserted).
+
+    Values are stored unrounded (round them for display only). The n·√n patterns
+    (``expected_exponent`` other than "1") have no linear target: their fitted exponent
+    is reported with ``met`` None.
+    """
     targets = []
     vs_naive = [r for r in summary["tiled_over_naive_time"] if r["seq_len"] >= 1024]
     if vs_naive:
         targets.append({"target": "tiled exact faster than naive for n >= 1024",
                         "met": all(r["ratio"] < 1 for r in vs_naive),
-                        "value": {str(r["seq_len"]): round(r["ratio"], 3) for r in vs_naive}})
+                        "value": {str(r["seq_len"]): r["ratio"] for r in vs_naive}})
     vs_sdpa = [r for r in summary["tiled_over_sdpa_time"] if r["seq_len"] >= 1024]
     if vs_sdpa:
         targets.append({"target": "tiled exact within 2.5x of SDPA (n >= 1024)",
                         "met": all(r["ratio"] <= 2.5 for r in vs_sdpa),
-                        "value": {str(r["seq_len"]): round(r["ratio"], 3) for r in vs_sdpa}})
+                        "value": {str(r["seq_len"]): r["ratio"] for r in vs_sdpa}})
     if "tiled_over_naive_memory" in summary:
         mem = summary["tiled_over_naive_memory"]
         targets.append({"target": f"tiled peak extra memory <= 5% of naive's "
                                   f"at n = {mem['seq_len']}",
-                        "met": mem["ratio"] <= 0.05, "value": round(mem["ratio"], 5)})
+                        "met": mem["ratio"] <= 0.05, "value": mem["ratio"]})
     reference = next((e for e in results["mechanisms"]
                       if e["family"] == "reference" and e.get("fit")), None)
     for entry in results["mechanisms"]:
@@ -882,8 +880,13 @@ def _targets(summary: dict, results: dict, config: BenchConfig) -> list[dict]:
         if reference is not None:
             note = (note + "; " if note else "") + (
                 f"a linear reference op measures {reference['fit']['exponent']:.2f} here")
+        if entry["expected_exponent"] != "1":
+            targets.append({"target": f"{entry['name']}: n·√n pattern, fitted time exponent "
+                                      f"(reported, no target)",
+                            "met": None, "value": exponent, "note": note})
+            continue
         targets.append({"target": f"{entry['name']}: time exponent <= 1.15",
-                        "met": exponent <= 1.15, "value": round(exponent, 3), "note": note})
+                        "met": exponent <= 1.15, "value": exponent, "note": note})
     return targets
 
 
@@ -946,7 +949,7 @@ def _prepare(mechanisms, entries, config: BenchConfig, device, progress) -> list
                     else:
                         point["peak_extra_bytes"] = None
                         _timed_call(call, device)
-                point.update(warmup_s=time.perf_counter() - start, times_s=[])
+                point.update(warmup_s=time.perf_counter() - start, times_s=[], wall_times_s=[])
                 timed.append((mech.name, call, point))
                 mem = point["peak_extra_bytes"]
                 mem_text = "" if mem is None else f"  peak +{mem / 2**20:9.2f} MiB"
@@ -960,6 +963,37 @@ def _prepare(mechanisms, entries, config: BenchConfig, device, progress) -> list
     return timed
 
 
+# --8<-- [start:rounds]
+CLOCKS = {"thread_cpu": "CPU time of the one torch thread (time.thread_time)",
+          "wall": "wall clock (time.perf_counter)"}
+
+
+def benchmark_clock(device: torch.device | str) -> str:
+    """The clock ``run_benchmark`` times with: a key of ``CLOCKS``.
+
+    On the CPU with one torch thread all of torch's work runs on the calling thread, so
+    that thread's CPU time measures the call without the time the scheduler gives to other
+    programs (as ``clock_for`` does for chapter 10). With more threads, the calling
+    thread's CPU time would miss the others' work, and a GPU works asynchronously: wall
+    clock then. The wall time of every call is recorded too (``wall_times_s``).
+    """
+    if torch.device(device).type == "cpu" and torch.get_num_threads() == 1:
+        return "thread_cpu"
+    return "wall"
+
+
+def _timed_call(fn: Callable[[], object], device, clock: str = "wall") -> tuple[float, float]:
+    """Seconds taken by one call of ``fn`` on ``clock`` and on the wall clock, result dropped."""
+    read = time.thread_time if clock == "thread_cpu" else time.perf_counter
+    synchronize(device)
+    start, wall_start = read(), time.perf_counter()
+    result = fn()
+    synchronize(device)
+    elapsed, wall = read() - start, time.perf_counter() - wall_start
+    del result
+    return elapsed, wall
+
+
 def _time_rounds(timed, entries, config: BenchConfig, device, progress, results) -> None:
     """Time every prepared point round-robin, over all lengths and mechanisms at once.
 
@@ -967,8 +1001,11 @@ def _time_rounds(timed, entries, config: BenchConfig, device, progress, results)
     other jobs the load drifts over minutes; interleaving spreads that drift over every
     length and every mechanism alike, instead of biasing whichever ran during a busy
     spell (which would tilt the fitted exponents). A point stops once it has
-    ``min_repeats`` calls and has used ``budget_s`` seconds; the median is reported.
+    ``min_repeats`` calls and has used ``budget_s`` seconds (on ``results["clock"]``); the
+    median is reported. Every point's first call was made, untimed, by ``_prepare``: the
+    memory measurement, which doubles as the warm-up.
     """
+    clock = results["clock"]
     start = time.perf_counter()
     for round_index in range(config.repeats):
         for name, call, point in timed:
@@ -978,7 +1015,9 @@ def _time_rounds(timed, entries, config: BenchConfig, device, progress, results)
                 continue
             try:
                 with torch.no_grad():
-                    times.append(_timed_call(call, device))
+                    elapsed, wall = _timed_call(call, device, clock)
+                times.append(elapsed)
+                point["wall_times_s"].append(wall)
             except Exception as error:
                 point.update(status="error", reason=f"{type(error).__name__}: {error}")
                 entries[name]["failures"].append(f"n={point['seq_len']}: {point['reason']}")
@@ -990,6 +1029,8 @@ def _time_rounds(timed, entries, config: BenchConfig, device, progress, results)
     for name, _, point in timed:
         if point["status"] == "ok":
             point["median_s"] = statistics.median(point["times_s"])
+            point["median_wall_s"] = statistics.median(point["wall_times_s"])
+# --8<-- [end:rounds]
 
 
 def run_benchmark(config: BenchConfig, progress: Callable[[str], None] = print) -> dict:
@@ -1003,6 +1044,7 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] = print) 
     device = torch.device(config.device)
     mechanisms = get_mechanisms(config.names)
     results: dict = {"schema": 1, "machine": machine_info(device),
+                     "clock": benchmark_clock(device), "bench_sha256": bench_source_hash(),
                      "config": {k: (list(v) if isinstance(v, tuple) else v)
                                 for k, v in vars(config).items()},
                      "load_average_per_round": [], "mechanisms": []}
@@ -1010,7 +1052,8 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] = print) 
     for mech in mechanisms:
         entry = {"name": mech.name, "family": mech.family, "exact": mech.exact,
                  "causal": mech.causal, "params": mech.params, "baseline": mech.baseline,
-                 "expected_exponent": mech.expected_exponent, "note": mech.note,
+                 "expected_exponent": mech.expected_exponent,
+                 "expected_note": mech.expected_note, "note": mech.note,
                  "module": f"attnbook.attention.{mech.module}", "module_sha256": None,
                  "available": True, "reason": None, "points": [], "error": None,
                  "error_seq_len": config.error_len, "failures": []}
@@ -1026,7 +1069,7 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] = print) 
         entries[mech.name] = entry
         results["mechanisms"].append(entry)
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     timed = _prepare(mechanisms, entries, config, device, progress)
     _time_rounds(timed, entries, config, device, progress, results)
     del timed  # the inputs and built parameters of every length
@@ -1054,6 +1097,7 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] = print) 
 
     results["summary"] = summarise(results, config)
     results["elapsed_s"] = time.perf_counter() - start
+    results["cpu_s"] = time.process_time() - cpu_start  # CPU time of the whole process
     results["machine"]["load_average_after"] = (
         list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
     return results
@@ -1081,10 +1125,17 @@ def _largest_ok_point(entry: dict, seq_len: int | None = None) -> dict | None:
 def summary_rows(results: dict, memory_len: int = 8192) -> list[list[str]]:
     """One row of strings per mechanism, under ``SUMMARY_HEADERS``.
 
-    "time / baseline" is at the longest length both were measured at (given in
-    brackets); "peak MiB" is the peak extra memory at ``memory_len`` (or the longest
-    length measured, in brackets, when that is shorter).
+    "exponent" is fitted on the measured lengths within the configured range; when those
+    are fewer than the range's lengths, the range actually fitted follows in brackets
+    (e.g. "2.09 [2k–8k]"). "expected" names what it counts when the registry says (e.g.
+    "1.5 (work)"). "time / baseline" is at the longest length both were measured at
+    (given in brackets); "peak MiB" is the peak extra memory at ``memory_len`` (or the
+    longest length measured, in brackets, when that is shorter).
     """
+    config = results.get("config") or {}
+    in_range = [n for n in config.get("lengths", [])
+                if config.get("fit_from", 0) <= n <= config.get("fit_to", float("inf"))]
+    registry = {m.name: m for m in MECHANISMS}
     rows = []
     for entry in results["mechanisms"]:
         name = entry["name"]
@@ -1094,6 +1145,14 @@ def summary_rows(results: dict, memory_len: int = 8192) -> list[list[str]]:
             continue
         fit = entry.get("fit")
         exponent = f"{fit['exponent']:.2f}" if fit else "-"
+        if fit and in_range and list(fit["lengths"]) != in_range:
+            exponent += f" [{_short_length(fit['lengths'][0])}–{_short_length(fit['lengths'][-1])}]"
+        expected = entry["expected_exponent"]
+        note = entry.get("expected_note")
+        if note is None and name in registry:  # a file recorded before the field existed
+            note = registry[name].expected_note
+        if note:
+            expected += f" ({note})"
         if entry["family"] == "reference":
             crossover, ratio = "(reference)", "-"
         elif entry["baseline"] is None:
@@ -1119,8 +1178,13 @@ def summary_rows(results: dict, memory_len: int = 8192) -> list[list[str]]:
         if entry["failures"]:
             exponent = "FAILED"
         rows.append([name, entry["family"], "yes" if entry["causal"] else "no", exponent,
-                     entry["expected_exponent"], crossover, ratio, memory, *error_cells])
+                     expected, crossover, ratio, memory, *error_cells])
     return rows
+
+
+def _short_length(n: int) -> str:
+    """2048 -> '2k', 512 -> '512'."""
+    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -1315,3 +1379,156 @@ def naive_max_length(
         check_positive_int(name, value)
     return math.isqrt(budget_bytes // (n_by_n * batch * heads * element_bytes))
 # --8<-- [end:memory-wall]
+
+
+# --------------------------------------------------------------------------------------
+# Reading recorded runs (chapter 16): staleness, flat records, downloads
+# --------------------------------------------------------------------------------------
+
+# --8<-- [start:stale]
+def current_source_hashes(names: Sequence[str] | None = None) -> dict[str, str | None]:
+    """The source hash of each mechanism's module as it is now (None: module missing).
+
+    The same 12 hex digits ``run_benchmark`` stores as ``module_sha256``: a recorded
+    mechanism whose hash differs from this one was measured on older (or newer) code.
+    """
+    hashes = {}
+    for mech in get_mechanisms(names):
+        try:
+            hashes[mech.name] = _source_hash(_import_attention(mech.module))
+        except ModuleNotAvailable:
+            hashes[mech.name] = None
+    return hashes
+
+
+def bench_source_hash() -> str | None:
+    """The same 12 hex digits for this file, ``attnbook/bench.py``, stored as ``bench_sha256``.
+
+    It covers the whole file: the inputs, the mechanisms' parameters, the timing and the
+    error references, and also the functions chapter 10 uses, so an edit to those flags a
+    recording too (a false alarm is cheaper than a silent change).
+    """
+    import sys
+
+    return _source_hash(sys.modules[__name__])
+
+
+def harness_changes(results: dict, *, bench_hash: str | None = None,
+                    torch_version: str | None = None) -> list[dict]:
+    """What changed outside the mechanisms' modules since a run was recorded.
+
+    Compares the run's ``bench_sha256`` with ``bench_source_hash()`` and its torch version
+    with ``torch.__version__`` (or the given values). Returns ``[{"what", "recorded",
+    "current"}]`` for each that differs; a run recorded before ``bench_sha256`` existed
+    has ``recorded`` None there, and counts as changed. Helper modules that a mechanism's
+    module imports (``attnbook.attention._checks``, masks) are not covered.
+    """
+    bench_hash = bench_source_hash() if bench_hash is None else bench_hash
+    torch_version = torch.__version__ if torch_version is None else torch_version
+    changes = []
+    recorded = results.get("bench_sha256")
+    if recorded != bench_hash:
+        changes.append({"what": "attnbook/bench.py", "recorded": recorded, "current": bench_hash})
+    recorded = results["machine"].get("torch_version")
+    if recorded != torch_version:
+        changes.append({"what": "torch", "recorded": recorded, "current": torch_version})
+    return changes
+
+
+def stale_mechanisms(results: dict, current: dict[str, str | None] | None = None) -> list[dict]:
+    """Mechanisms of a recorded run whose module source has changed since the recording.
+
+    ``current`` maps names to hashes (default: ``current_source_hashes()``). Returns
+    ``[{"name", "recorded", "current"}]`` for every recorded mechanism whose hash differs
+    from the current one, including mechanisms no longer in the registry (current None).
+    """
+    if current is None:
+        current = current_source_hashes()
+    stale = []
+    for entry in results["mechanisms"]:
+        recorded, now = entry.get("module_sha256"), current.get(entry["name"])
+        if recorded != now:
+            stale.append({"name": entry["name"], "recorded": recorded, "current": now})
+    return stale
+# --8<-- [end:stale]
+
+
+POINT_FIELDS = ["mechanism", "family", "exact", "causal", "seq_len", "status", "median_s",
+                "median_wall_s", "calls", "peak_extra_bytes", "reason"]
+
+
+def point_records(results: dict) -> list[dict]:
+    """One flat record per (mechanism, length) of a run, under ``POINT_FIELDS``.
+
+    Unmeasured values are None; ``calls`` is the number of timed calls behind the median;
+    ``median_s`` is on the run's clock, ``median_wall_s`` on the wall clock (None in runs
+    recorded before it was kept).
+    """
+    records = []
+    for entry in results["mechanisms"]:
+        for point in entry["points"]:
+            records.append({
+                "mechanism": entry["name"], "family": entry["family"], "exact": entry["exact"],
+                "causal": entry["causal"], "seq_len": point["seq_len"],
+                "status": point["status"], "median_s": point.get("median_s"),
+                "median_wall_s": point.get("median_wall_s"),
+                "calls": len(point.get("times_s") or []) or None,
+                "peak_extra_bytes": point.get("peak_extra_bytes"),
+                "reason": point.get("reason"),
+            })
+    return records
+
+
+def run_environment(results: dict, *, compiled: bool = False) -> dict:
+    """What produced a run: torch version, device, dtype, threads, clock, compiled or not,
+    lengths, fit range, timing settings, machine, load.
+
+    Everything comes from the run's own blocks, so the environment of a recorded file is
+    the one it was recorded in, not the reader's. A run without a ``clock`` field was timed
+    before the field existed, on the wall clock.
+    """
+    machine, config = results["machine"], results["config"]
+    return {
+        "torch_version": machine.get("torch_version"),
+        "device": machine.get("device"),
+        "device_name": machine.get("device_name"),
+        "dtype": "float32 (time, memory); float64 (error)",
+        "torch_threads": machine.get("torch_threads"),
+        "clock": CLOCKS[results.get("clock", "wall")],
+        "compiled": compiled,
+        "cpu_model": machine.get("cpu_model"),
+        "usable_cores": machine.get("usable_cores"),
+        "load_average_before": machine.get("load_average"),
+        "load_average_after": machine.get("load_average_after"),
+        "allocator": config.get("allocator"),
+        "batch": config.get("batch"), "heads": config.get("heads"),
+        "head_dim": config.get("head_dim"), "error_len": config.get("error_len"),
+        "lengths": config.get("lengths"),
+        "fit_range": [config.get("fit_from"), config.get("fit_to")],
+        "repeats": config.get("repeats"), "min_repeats": config.get("min_repeats"),
+        "budget_s": config.get("budget_s"),
+        "elapsed_s": results.get("elapsed_s"),
+        "bench_sha256": results.get("bench_sha256"),
+        "recorded_utc": results.get("recorded_utc"),
+        "command": " ".join(results["command"]) if results.get("command") else None,
+    }
+
+
+def records_to_csv(records: Sequence[dict], environment: dict,
+                   fields: Sequence[str] = POINT_FIELDS) -> str:
+    """CSV text: the environment as leading ``# key: value`` comment lines, then a header
+    row and one row per record (empty cell for None). ``pandas.read_csv(path,
+    comment="#")`` and ``numpy.genfromtxt`` skip the comment lines."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    for key, value in environment.items():
+        text = " ".join(str(value).split())  # one line each
+        buffer.write(f"# {key}: {text}\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n",
+                            extrasaction="ignore")
+    writer.writeheader()
+    for record in records:
+        writer.writerow({k: ("" if record.get(k) is None else record[k]) for k in fields})
+    return buffer.getvalue()

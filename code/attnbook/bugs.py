@@ -191,6 +191,52 @@ def fit_exponent_without_logs(lengths, times):
 # --8<-- [end:fit_linear_axes]
 
 
+# --8<-- [start:length_penalty_multiplied]
+def normalised_score_multiplied(log_prob, length, alpha):
+    return log_prob * ((5 + length) / 6) ** alpha  # BUG: log-probabilities are negative: this punishes length
+# --8<-- [end:length_penalty_multiplied]
+
+
+# --8<-- [start:patchify_reshape]
+def patchify_by_reshape(images, patch_size):
+    batch, channels, height, width = images.shape
+    count = (height // patch_size) * (width // patch_size)
+    return images.reshape(batch, count, -1)  # BUG: consecutive pixels in memory are a row, not a block
+# --8<-- [end:patchify_reshape]
+
+
+# --8<-- [start:spectrogram_no_window]
+def power_spectrogram_without_window(wave, n_fft, hop):
+    frames = wave.unfold(-1, n_fft, hop)  # BUG: no window: each frame's edges are a jump, and energy leaks
+    return torch.fft.rfft(frames, dim=-1).abs() ** 2
+# --8<-- [end:spectrogram_no_window]
+
+
+# --8<-- [start:rollout_order]
+def rollout_in_the_wrong_order(attentions):
+    rollout = None
+    for attn in attentions:
+        eye = torch.eye(attn.shape[-1], dtype=attn.dtype)
+        mixed = 0.5 * eye + 0.5 * attn.mean(dim=1)
+        mixed = mixed / mixed.sum(dim=-1, keepdim=True)
+        rollout = mixed if rollout is None else rollout @ mixed  # BUG: the new (higher) layer goes on the left
+    return rollout
+# --8<-- [end:rollout_order]
+
+
+# --8<-- [start:induction_duplicate]
+def induction_score_off_by_one(attn, period, offset):
+    rows = torch.arange(offset + period, offset + 2 * period)
+    return attn[..., rows, rows - period].mean(-1)  # BUG: the earlier copy itself, not the token after it
+# --8<-- [end:induction_duplicate]
+
+
+# --8<-- [start:neuron_unscaled]
+def score_contributions_unscaled(q, k):
+    return q[:, None, :] * k[None, :, :]  # BUG: sums to q·k, not to the scaled score the softmax sees
+# --8<-- [end:neuron_unscaled]
+
+
 class Bug(NamedTuple):
     slug: str          # the snippet section above, and the appendix's anchor
     title: str
@@ -241,4 +287,16 @@ BUGS = [
         "exact for every block size", online_softmax_without_rescaling),
     Bug("fit_linear_axes", "A scaling exponent fitted on linear axes", "fit-exponent",
         "the slope in log-log space", fit_exponent_without_logs),
+    Bug("induction_duplicate", "An induction score one position off", "induction-score",
+        "the weight on the token after the earlier occurrence", induction_score_off_by_one),
+    Bug("patchify_reshape", "Patches cut with a reshape", "patchify",
+        "each patch is one p x p block", patchify_by_reshape),
+    Bug("spectrogram_no_window", "A spectrogram without its window", "spectrogram",
+        "|STFT|^2 of Hann-windowed frames", power_spectrogram_without_window),
+    Bug("length_penalty_multiplied", "A length penalty that multiplies", "length-penalty",
+        "the penalty helps long outputs", normalised_score_multiplied),
+    Bug("neuron_unscaled", "A neuron view without the scale", "neuron-view",
+        "the products sum to the scaled score", score_contributions_unscaled),
+    Bug("rollout_order", "Attention rollout multiplied in the wrong order", "rollout",
+        "the layers compose top-down", rollout_in_the_wrong_order),
 ]

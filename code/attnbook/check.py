@@ -804,9 +804,231 @@ FIT = Exercise(
 )
 
 
+# -- exercise: length-normalised beam scores (chapter 21) ------------------------------------
+
+def _lp_reference(log_prob, length, alpha):
+    return log_prob / ((5 + length) / 6) ** alpha
+
+
+def _lp_values(f):
+    for log_prob, length, alpha in ((-3.0, 4, 0.6), (-12.5, 20, 1.0), (-0.7, 1, 0.6), (-8.0, 9, 0.0)):
+        got = f(log_prob, length, alpha)
+        want = _lp_reference(log_prob, length, alpha)
+        if not isinstance(got, (int, float, Tensor)) or abs(float(got) - want) > 1e-9:
+            raise CheckFailed(f"normalised_score({log_prob}, {length}, {alpha}) = {got}; expected "
+                              f"log_prob / ((5 + length) / 6) ** alpha = {want:.6g}")
+
+
+def _lp_prefers_longer(f):
+    # the same log-probability per token (-2) over 5 and over 10 tokens: unnormalised, the long
+    # output scores twice as low; a length penalty must shrink that gap, not widen it
+    short, long_ = float(f(-10.0, 5, 1.0)), float(f(-20.0, 10, 1.0))
+    if short >= 0 or long_ / short >= 2.0:
+        raise CheckFailed(f"at -2 per token, a 10-token output scores {long_:.3g} and a 5-token one {short:.3g}: "
+                          f"{long_ / short:.2f} times lower, no better than without a penalty (2 times); "
+                          "log-probabilities are negative, so divide by lp(L), do not multiply")
+
+
+def _library_lp(log_prob, length, alpha):
+    from .decoding import length_penalty
+    return log_prob / length_penalty(length, alpha=alpha)
+
+
+LENGTH_PENALTY = Exercise(
+    "length-penalty", "21. Machine translation end to end", "real-models/machine-translation.md",
+    "normalised_score(log_prob, length, alpha) -> the beam score of a finished output, Wu et al.'s "
+    "log_prob / ((5 + length) / 6) ** alpha",
+    "normalised_score",
+    (Check("the penalty helps long outputs", "divide the (negative) log-probability by lp(L) >= 1",
+           _lp_prefers_longer),
+     Check("Wu et al.'s formula", "lp(L) = ((5 + L) / 6) ** alpha; alpha = 0 leaves the score unchanged",
+           _lp_values)),
+    _library_lp,
+)
+
+# -- exercise: cutting images into patches (chapter 19) --------------------------------------
+
+def _patch_reference(images, patch):
+    batch, channels, height, width = images.shape
+    rows = []
+    for r in range(0, height, patch):
+        for c in range(0, width, patch):
+            rows.append(images[:, :, r:r + patch, c:c + patch].reshape(batch, -1))  # (channel, row, column)
+    return torch.stack(rows, dim=1)
+
+
+def _patchify_check(f):
+    images = torch.arange(2 * 3 * 4 * 6, dtype=torch.float64).reshape(2, 3, 4, 6)
+    got = _tensor("the patches", f(images, 2))
+    want = _patch_reference(images, 2)
+    if got.shape != want.shape:
+        raise CheckFailed(f"images (2, 3, 4, 6) with patch 2 gave shape {tuple(got.shape)}, expected "
+                          f"(batch, patches, channels * p * p) = {tuple(want.shape)}")
+    if not torch.equal(got.double(), want):
+        first = got[0, 0].long().tolist()
+        raise CheckFailed(f"the first patch holds pixel numbers {first}; the top-left 2x2 block of each channel is "
+                          f"{want[0, 0].long().tolist()}: a plain reshape of (H, W) into patches mixes rows of "
+                          "different patches")
+
+
+def _library_patchify(images, patch_size):
+    from .models.vit import patchify
+    return patchify(images, patch_size)
+
+
+PATCHIFY = Exercise(
+    "patchify", "19. Vision Transformers", "real-models/vision-transformer.md",
+    "patchify(images, patch_size) -> (batch, (H/p)(W/p), channels * p * p) from images (batch, channels, H, W); "
+    "patches in row-major order, each flattened as (channel, row, column)",
+    "patchify",
+    (Check("each patch is one p x p block", "split H and W into (H/p, p) and (W/p, p), then move both grid axes "
+           "in front: reshape(b, c, H/p, p, W/p, p).permute(0, 2, 4, 1, 3, 5)", _patchify_check),),
+    _library_patchify,
+)
+
+# -- exercise: a power spectrogram (chapter 20) ----------------------------------------------
+
+def _spectrogram_reference(wave, n_fft, hop):
+    window = 0.5 - 0.5 * torch.cos(2 * math.pi * torch.arange(n_fft, dtype=torch.float64) / n_fft)  # periodic Hann
+    frames = wave.unfold(-1, n_fft, hop) * window                      # (frames, n_fft), no padding
+    n = torch.arange(n_fft, dtype=torch.float64)
+    k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)
+    basis = torch.exp(-2j * math.pi * k[:, None] * n[None, :] / n_fft)  # the DFT written out
+    return (frames.to(torch.complex128) @ basis.T).abs() ** 2
+
+
+def _spectrogram_check(f):
+    t = torch.arange(800, dtype=torch.float64) / 8000
+    wave = torch.sin(2 * math.pi * 697 * t) + 0.5 * torch.sin(2 * math.pi * 1209 * t) + 0.05 * _rand(800, seed=200)
+    want = _spectrogram_reference(wave, 256, 80)
+    got = _tensor("the spectrogram", f(wave, 256, 80))
+    if got.shape != want.shape:
+        raise CheckFailed(f"800 samples, n_fft 256, hop 80 gave shape {tuple(got.shape)}; expected (frames, bins) = "
+                          f"{tuple(want.shape)}: 1 + (800 - 256) // 80 frames without padding, n_fft // 2 + 1 bins")
+    if torch.allclose(got.double() ** 2, want, rtol=1e-6, atol=1e-6 * want.max()):
+        raise CheckFailed("your values are the square roots of the reference: that is |STFT|, the magnitude; "
+                          "the power spectrogram is |STFT|^2")
+    _close("the spectrogram", got.double() / want.max(), want / want.max(), atol=1e-8)
+
+
+def _library_spectrogram(wave, n_fft, hop):
+    from .data.audio import power_spectrogram
+    return power_spectrogram(wave, n_fft=n_fft, hop=hop)
+
+
+SPECTROGRAM = Exercise(
+    "spectrogram", "20. Audio and multimodal attention", "real-models/audio-multimodal.md",
+    "power_spectrogram(wave, n_fft, hop) -> (frames, n_fft // 2 + 1): |STFT|^2 with a periodic Hann window, "
+    "frame t = samples [t * hop, t * hop + n_fft), no padding",
+    "power_spectrogram",
+    (Check("|STFT|^2 of Hann-windowed frames", "torch.stft(wave, n_fft, hop_length=hop, window=torch.hann_window("
+           "n_fft, periodic=True), center=False, return_complex=True).abs() ** 2, transposed to (frames, bins)",
+           _spectrogram_check),),
+    _library_spectrogram,
+)
+
+# -- exercise: attention rollout (chapter 23) ------------------------------------------------
+
+def _rollout_check(f):
+    maps = [torch.softmax(_rand(1, 2, 5, 5, seed=210 + layer) * 2, dim=-1) for layer in range(3)]
+    want = torch.eye(5, dtype=torch.float64)
+    for attn in maps:  # bottom layer first: each new layer multiplies from the left
+        mixed = 0.5 * torch.eye(5, dtype=torch.float64) + 0.5 * attn.mean(1)
+        want = (mixed / mixed.sum(-1, keepdim=True)) @ want
+    got = _tensor("the rollout", f(maps))
+    if got.shape != want.shape:
+        raise CheckFailed(f"3 layers of (1, 2, 5, 5) maps gave shape {tuple(got.shape)}, expected (1, 5, 5)")
+    backwards = torch.eye(5, dtype=torch.float64)
+    for attn in maps:
+        mixed = 0.5 * torch.eye(5, dtype=torch.float64) + 0.5 * attn.mean(1)
+        backwards = backwards @ (mixed / mixed.sum(-1, keepdim=True))
+    if torch.allclose(got.double(), backwards, atol=1e-9) and not torch.allclose(backwards, want, atol=1e-9):
+        raise CheckFailed("you multiply the layers in the wrong order: R = A_1 A_2 ... A_L; the top layer's map "
+                          "must be on the LEFT, R = A_L ... A_2 A_1, because row i of the top layer mixes the rows "
+                          "that the layers below produced")
+    _close("the rollout", got, want, atol=1e-9)
+
+
+def _library_rollout(attentions):
+    from .explain import attention_rollout
+    return attention_rollout(attentions)
+
+
+ROLLOUT = Exercise(
+    "rollout", "23. Is attention explanation?", "interpretation/attention-explanation.md",
+    "attention_rollout(attentions) -> (batch, T, T) from a list over layers (bottom first) of (batch, heads, T, T): "
+    "A_l = 0.5 I + 0.5 mean over heads, rows renormalised, R = A_L ... A_1",
+    "attention_rollout",
+    (Check("the layers compose top-down", "rollout = mixed @ rollout, layer by layer from the bottom",
+           _rollout_check),),
+    _library_rollout,
+)
+
+# -- exercise: the induction score (chapter 18) ----------------------------------------------
+
+def _induction_check(f):
+    period, T = 5, 11                     # a BOS token, then x (5 tokens), then x again
+    weights = torch.softmax(_rand(3, T, T, seed=220) * 3, dim=-1)       # (heads, T, T)
+    rows = torch.arange(1 + period, 1 + 2 * period)
+    want = weights[:, rows, rows - period + 1].mean(-1)
+    got = _tensor("the scores", f(weights, period, 1))
+    if got.shape != want.shape:
+        raise CheckFailed(f"attention (3, 11, 11) gave scores of shape {tuple(got.shape)}, expected one per head (3,)")
+    duplicate = weights[:, rows, rows - period].mean(-1)
+    if torch.allclose(got.double(), duplicate, atol=1e-9):
+        raise CheckFailed("you measure the weight on the earlier copy of the CURRENT token (key i - period): that is a "
+                          "duplicate-token head; an induction head looks at the token AFTER it, key i - period + 1")
+    _close("the scores", got, want, atol=1e-9)
+
+
+def _library_induction(attn, period, offset):
+    from .heads import induction_scores
+    return induction_scores(attn, period, offset=offset)
+
+
+INDUCTION = Exercise(
+    "induction-score", "18. How a GPT attends to previous tokens", "real-models/pretrained-gpt.md",
+    "induction_score(attn, period, offset) -> (heads,) from attn (heads, T, T) on offset prefix tokens followed by "
+    "a random sequence of `period` tokens repeated twice",
+    "induction_score",
+    (Check("the weight on the token after the earlier occurrence", "for query i in the second copy, key "
+           "i - period + 1; average over the second copy", _induction_check),),
+    _library_induction,
+)
+
+
+# -- exercise: the neuron view (chapter 22) --------------------------------------------------
+
+def _neuron_check(f):
+    q, k = _rand(4, 8, seed=230), _rand(5, 8, seed=231)
+    got = _tensor("the contributions", f(q, k))
+    want = q[:, None, :] * k[None, :, :] / math.sqrt(8)
+    if got.shape != want.shape:
+        raise CheckFailed(f"q (4, 8) and k (5, 8) gave shape {tuple(got.shape)}, expected (q_len, k_len, d_k) = (4, 5, 8)")
+    if torch.allclose(got.double(), want * math.sqrt(8), atol=1e-9):
+        raise CheckFailed("your products sum to q·k, not to the score the softmax sees, q·k / sqrt(d_k): "
+                          "include the scale in every product")
+    _close("the contributions", got, want, atol=1e-9)
+    _close("their sum over d", got.double().sum(-1), (q @ k.T) / math.sqrt(8), atol=1e-9)
+
+
+def _library_neuron(q, k):
+    from .viz.views import score_contributions
+    return score_contributions(q, k)
+
+
+NEURON = Exercise(
+    "neuron-view", "22. Visualising attention", "interpretation/visualising.md",
+    "score_contributions(q, k) -> (q_len, k_len, d_k): entry [i, j, d] = q[i, d] k[j, d] / sqrt(d_k), which sums "
+    "over d to the score",
+    "score_contributions",
+    (Check("the products sum to the scaled score", "q[:, None, :] * k[None, :, :] / sqrt(d_k)", _neuron_check),),
+    _library_neuron,
+)
+
 EXERCISES: dict[str, Exercise] = {e.name: e for e in (
     NADARAYA_WATSON, SDPA, ADDITIVE, CAUSAL_MASK, MULTI_HEAD, MERGE_HEADS, ROPE, DROPOUT, TOP_P, CAUSAL_ATTENTION,
-    GQA, QUERY_CHUNKS, WINDOW, LINFORMER, LINEAR, LSH, ONLINE, FIT)}
+    GQA, QUERY_CHUNKS, WINDOW, LINFORMER, LINEAR, LSH, ONLINE, FIT, INDUCTION, PATCHIFY, SPECTROGRAM, LENGTH_PENALTY, NEURON, ROLLOUT)}
 
 
 # -- running ---------------------------------------------------------------------------------

@@ -47,7 +47,8 @@ from attnbook.attention.multihead import project_heads
 from attnbook.data.text import ALICE, CharVocab, load_text, text_windows
 from attnbook.models.gpt import GPT, GPTConfig, generate, save_gpt, top_k_filter, top_p_filter
 from attnbook.train import TrainConfig, cross_entropy, train
-from attnbook.viz import colors, heatmap
+from attnbook.viz import colors, head_grid, heatmap
+from attnbook.viz.explorer import explorer_json
 
 device = ch.device
 ch.one_thread_on_cpu()
@@ -623,3 +624,53 @@ ch.markdown("exercise-3-note", (
        if early - late < 0.1 * (per_position[0].item() - early) else
        ". The model keeps finding use for context well beyond the last few characters.")
 ))
+
+# %% [markdown]
+# ## Data for the interactive explorer
+#
+# A few short pieces of validation text, each fed to the trained model on its own: every
+# head's scaled scores and weights, and the logits of the next character after each position
+# (the ten largest), for the page's explorer.
+
+# %%
+EXPLORE_LEN, EXPLORE_COUNT = 20, 3
+explore_starts, position = [], 1
+while len(explore_starts) < EXPLORE_COUNT and position < len(val_text) - EXPLORE_LEN:
+    piece = val_text[position:position + EXPLORE_LEN]
+    if val_text[position - 1] == " " and "\n" not in piece and "  " not in piece:
+        explore_starts.append(position)
+        position += len(val_text) // (EXPLORE_COUNT + 1)   # spread over the validation text
+    position += 1
+handles = [block.attn.register_forward_pre_hook(capture(i)) for i, block in enumerate(model.blocks)]
+examples = []
+with torch.no_grad():
+    for start in explore_starts:
+        piece = val_text[start:start + EXPLORE_LEN]
+        tokens = vocab.encode(piece)[None].to(device)
+        next_logits = model(tokens)[0].cpu()                                  # (T, vocab)
+        scaled, probs = [], []
+        for i, block in enumerate(model.blocks):
+            m = block.attn.mha
+            q, k, v = project_heads(captured[i], None, m.in_proj_weight, m.in_proj_bias, m.num_heads, m.num_heads)
+            scaled.append((q @ k.transpose(-2, -1))[0].cpu() / math.sqrt(q.shape[-1]))   # (h, T, T), no mask
+            probs.append(scaled_dot_product_attention(q, k, v, causal=True, return_weights=True)[1][0].cpu())
+        examples.append({"text": piece, "tokens": list(piece), "attention": torch.stack(probs),
+                         "scores": torch.stack(scaled),
+                         "next_token": {"logits": next_logits, "decode": lambda i: vocab.chars[i]}})
+for handle in handles:
+    handle.remove()
+explorer = explorer_json(
+    "the book's character GPT", examples, causal=True, scale=1 / math.sqrt(config.d_model // config.num_heads),
+    top_k=10, description=f"Each input is {EXPLORE_LEN} characters of validation text, fed on its own.")
+path = ch.json("explorer", explorer)
+ch.markdown("explorer-inputs", "The explorer's inputs: " + "; ".join(
+    "“" + example["text"].replace("*", "&#42;").replace("_", "&#95;") + "”" for example in examples)
+    + " (the figure that follows shows every head on the first of them; the first is also the explorer's default).")
+print(f"explorer.json: {path.stat().st_size / 1024:.0f} KB")
+
+
+def draw_explorer_grid(theme):   # the explorer's first input, every layer and head: the static fallback
+    return head_grid(examples[0]["attention"], theme=theme)
+
+
+ch.figure("explorer-grid", draw_explorer_grid, fmt="png")

@@ -56,7 +56,14 @@ recorded = {
     "kernels": ch.needs("kernels", "papers.json"),
     "hashing": ch.needs("hashing", "papers.json"),
     "io-aware": ch.needs("io-aware", "papers.json"),
+    "benchmarks": ch.needs("benchmarks", "papers.json"),
     "pretrained-encoder": ch.needs("pretrained-encoder", "papers.json"),
+    "pretrained-gpt": ch.needs("pretrained-gpt", "papers.json"),
+    "vision-transformer": ch.needs("vision-transformer", "papers.json"),
+    "audio-multimodal": ch.needs("audio-multimodal", "papers.json"),
+    "machine-translation": ch.needs("machine-translation", "papers.json"),
+    "visualising": ch.needs("visualising", "papers.json"),
+    "attention-explanation": ch.needs("attention-explanation", "papers.json"),
 }
 
 # %% [markdown]

@@ -22,6 +22,11 @@ models, and grouped-query attention (``gqa.py``) shrinks it by sharing kv heads.
 ``SlidingWindowCache`` bounds the memory instead: a ring buffer of the last ``window``
 tokens per layer, for attention in which a query at position p sees only the keys at
 p - window, ..., p (``causal_window_mask``).
+
+``SinkWindowCache`` keeps, besides a window of recent tokens, the first few tokens of the
+stream for ever ("attention sinks", Xiao et al., 2023); its keys are stored before RoPE
+and rotated by their slot in the cache, as StreamingLLM does. ``streaming_attention``
+computes the same attention for a whole sequence at once (tested equal, token by token).
 """
 from __future__ import annotations
 
@@ -29,10 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_positive_int, check_rank, check_tensor
+import math
+
+from ._checks import check_positive_int, check_qkv, check_rank, check_tensor
 from .dot_product import sdpa
+from .gqa import grouped_query_attention
 from .multihead import MultiHeadAttention, merge_heads, project_heads
-from .positional import LearnedPositionalEmbedding
+from .positional import LearnedPositionalEmbedding, apply_rope
 
 Tensor = torch.Tensor
 
@@ -185,6 +193,101 @@ class SlidingWindowCache(KVCache):
     def mask(self, q_len: int, k_len: int, device=None) -> Tensor:
         return causal_window_mask(q_len, k_len, self.window, device=device)
 # --8<-- [end:window_cache]
+
+
+# --8<-- [start:sink_cache]
+class SinkWindowCache(KVCache):
+    """StreamingLLM's cache: the first ``sinks`` tokens for ever, plus the ``window`` most
+    recent ones (the newest included), per layer. At most ``sinks + window`` entries.
+
+    Store keys *before* RoPE: ``update`` returns the kept keys and values, oldest first,
+    (batch, kv_heads, kept, head_dim), and the caller rotates them by their slot in the
+    cache, 0 .. kept-1, and the new query by kept-1. Positions are thus assigned within
+    the cache, not in the text: no position ever exceeds ``sinks + window - 1``.
+    One token per ``update``: the kept set is the one the newest token attends to.
+    """
+
+    def __init__(self, num_layers: int, window: int, sinks: int = 4):
+        super().__init__(num_layers)
+        self.window = check_positive_int("window", window)
+        if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
+            raise ValueError(f"sinks must be an int >= 0, got {sinks!r}")
+        self.sinks = sinks
+        self.seen = [0] * num_layers
+
+    def seq_len(self, layer: int = 0) -> int:
+        """Tokens seen in ``layer``, not the at most ``sinks + window`` kept."""
+        return self.seen[self._layer_index(layer)]
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self._check(layer, k, v)
+        if k.shape[2] != 1:
+            raise ValueError(f"SinkWindowCache takes one token per update, got {k.shape[2]} "
+                             "(use streaming_attention for a whole sequence)")
+        keys = k if self.keys[layer] is None else torch.cat([self.keys[layer], k], dim=2)
+        values = v if self.values[layer] is None else torch.cat([self.values[layer], v], dim=2)
+        if keys.shape[2] > self.sinks + self.window:  # evict the oldest non-sink token
+            keep = lambda t: torch.cat([t[:, :, :self.sinks], t[:, :, self.sinks + 1:]], dim=2)  # noqa: E731
+            keys, values = keep(keys), keep(values)
+        self.keys[layer], self.values[layer] = keys, values
+        self.seen[layer] += 1
+        return keys, values
+# --8<-- [end:sink_cache]
+
+
+# --8<-- [start:streaming_attention]
+def streaming_mask(seq_len: int, window: int, sinks: int = 0, device=None) -> Tensor:
+    """Boolean (seq, seq), True where token t may attend token j in a sink + window cache:
+    j <= t, and j < sinks or j > t - window."""
+    check_positive_int("window", window)
+    t = torch.arange(seq_len, device=device)[:, None]
+    j = torch.arange(seq_len, device=device)[None, :]
+    return (j <= t) & ((j < sinks) | (j > t - window))
+
+
+def streaming_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, sinks: int = 0,
+                        base: float = 10000.0, layout: str = "half_split",
+                        return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """A whole sequence attended as ``SinkWindowCache`` would, token by token, with RoPE
+    positions assigned within the cache. q: (batch, heads, seq, d), k, v: (batch, kv_heads,
+    seq, d), all *before* RoPE. Returns (batch, heads, seq, d) [and the weights (batch,
+    heads, seq, seq), zero outside ``streaming_mask``].
+
+    Token t's cache holds the sinks j < S at slots j, and the recent tokens j > t - W at
+    slots that end with t's own. RoPE scores depend only on slot differences, so:
+    recent key j is at distance t - j, as with text positions; sink j is at distance
+    min(t, S + W - 1) - j. Sink scores therefore rotate the query by min(t, S + W - 1)
+    instead of t. One softmax over both kinds of keys: the queries carry both rotations
+    side by side, [q_sink | q_recent], against keys [k_sink | 0] and [0 | k_recent].
+    """
+    check_qkv(q, k, v)
+    if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
+        raise ValueError(f"sinks must be an int >= 0, got {sinks!r}")
+    seq, head_dim = q.shape[2], q.shape[3]
+    mask = streaming_mask(seq, window, sinks, device=q.device)            # (seq, seq)
+    rope = lambda x, pos: apply_rope(x, layout=layout, base=base, position_ids=pos)  # noqa: E731
+    positions = torch.arange(seq, device=q.device)
+    q_recent, k_recent = rope(q, positions), rope(k, positions)
+    s = min(sinks, seq)
+    if s == 0:
+        return grouped_query_attention(q_recent, k_recent, v, mask, return_weights=return_weights)
+    q_sink = rope(q, positions.clamp(max=sinks + window - 1))           # the query's cache slot
+    k_sink = rope(k[:, :, :s], positions[:s])                           # sinks keep slots 0 .. S-1
+    zeros_s, zeros = k_sink.new_zeros(k_sink.shape), k.new_zeros(k.shape)
+    q_both = torch.cat([q_sink, q_recent], dim=-1)                      # (b, h, seq, 2d)
+    k_both = torch.cat([torch.cat([k_sink, zeros_s], -1), torch.cat([zeros, k_recent], -1)], dim=2)
+    v_both = torch.cat([v[:, :, :s], v], dim=2)                         # (b, kv, S + seq, d)
+    # sink columns: j <= t; recent columns: the window only (sinks are counted once, above)
+    mask_both = torch.cat([mask[:, :s], mask & (positions[None, :] >= s)], dim=1)
+    out = grouped_query_attention(q_both, k_both, v_both, mask_both,
+                                  scale=1.0 / math.sqrt(head_dim), return_weights=return_weights)
+    if not return_weights:
+        return out
+    out, weights_both = out                                             # (b, h, seq, S + seq)
+    weights = weights_both[..., s:].clone()        # recent columns; j < S are masked there
+    weights[..., :s] += weights_both[..., :s]      # the sinks' weights into their own columns
+    return out, weights
+# --8<-- [end:streaming_attention]
 
 
 # --8<-- [start:cached_attention]

@@ -27,6 +27,10 @@ from ..attention import (
     scaled_dot_product_attention,
     split_heads,
 )
+from ..attention.gqa import grouped_query_attention
+from ..attention.kv_cache import SinkWindowCache, streaming_attention
+from ..attention.multihead import merge_heads
+from ..attention.positional import apply_rope
 from ..attention._checks import check_rank
 
 Tensor = torch.Tensor
@@ -323,3 +327,244 @@ def classify_heads(stats: dict[str, Tensor], *, threshold: float = 0.5,
         labels.append(row)
     return labels
 # --8<-- [end:classify]
+
+
+# --------------------------------------------------------------------------------------
+# A real pretrained GPT: SmolLM2-135M (Llama architecture, RoPE, grouped-query attention)
+# --------------------------------------------------------------------------------------
+#
+# SmolLM2's layer, as Hugging Face's LlamaDecoderLayer computes it (pre-norm, no biases):
+#     a = x + W_O · GQA(RoPE(RMSNorm_1(x) W_Q), RoPE(RMSNorm_1(x) W_K), RMSNorm_1(x) W_V)
+#     out = a + W_down (silu(RMSNorm_2(a) W_gate) ⊙ RMSNorm_2(a) W_up)
+# with 9 query heads sharing 3 key/value heads of width 64, and RoPE in the half-split
+# layout (channel i is paired with channel i + 32). The GGUF file stores W_Q and W_K with
+# each head's rows permuted for llama.cpp's interleaved layout; transformers undoes that
+# permutation while loading (its GGUF converter "reverse-permutes" q and k), so the loaded
+# weights go with the half-split layout. The tests check this against the model's own
+# attention probabilities.
+
+SMOLLM2_CACHE_ENV = "ATTNBOOK_CACHE"  # overrides the folder that holds the dequantised model
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def smollm2_cache_dir(path: Path | None = None) -> Path:
+    """Where the dequantised SmolLM2 lives: ``<cache>/smollm2/<sha256 of the GGUF, 16 hex>``.
+
+    ``<cache>`` is ``$ATTNBOOK_CACHE`` if set, else ``<repo>/.cache`` inside a clone of the
+    book (git-ignored), else ``~/.cache/attnbook``. Keying by the GGUF file's hash means a
+    different or updated file never reuses a stale copy.
+    """
+    gguf = smollm2_path() if path is None else Path(path)
+    repo = Path(__file__).resolve().parents[3]
+    if os.environ.get(SMOLLM2_CACHE_ENV):
+        root = Path(os.environ[SMOLLM2_CACHE_ENV])
+    elif (repo / "mkdocs.yml").is_file():
+        root = repo / ".cache"
+    else:
+        root = Path.home() / ".cache" / "attnbook"
+    return root / "smollm2" / _file_sha256(gguf)[:16]
+
+
+# --8<-- [start:load_smollm2]
+def load_smollm2(device: str | torch.device = "cpu"):
+    """SmolLM2-135M-Instruct as ``(model, tokenizer)``: float32, eager attention, eval mode.
+
+    The first call dequantises the package's 4-bit GGUF file with transformers (about
+    20 s on two CPU cores) and saves the float32 weights, config and tokenizer in
+    ``smollm2_cache_dir()`` (about 540 MB); later calls load that copy in under a second.
+    Nothing is fetched from a hub: ``HF_HUB_OFFLINE=1`` and ``local_files_only=True``.
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache = smollm2_cache_dir()
+    if not (cache / "model.safetensors").is_file():
+        _dequantise_smollm2(cache)
+    tokenizer = AutoTokenizer.from_pretrained(cache, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        cache, attn_implementation="eager", dtype=torch.float32, local_files_only=True)
+    return model.to(device).eval(), tokenizer
+# --8<-- [end:load_smollm2]
+
+
+def _dequantise_smollm2(cache: Path) -> None:
+    """Load the GGUF file once (dequantising it) and save a plain float32 copy in ``cache``."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_path()
+    print(f"SmolLM2: first run, dequantising {gguf.name} into {cache} (once; about 20 s)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True)
+    config = model.config
+    if hasattr(config, "quantization_config"):  # the copy is plain float32, not GGUF
+        del config.quantization_config
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".partial-"))
+    try:  # write elsewhere, then rename: a run killed halfway leaves no half-written cache
+        config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        save_model(model, str(staging / "model.safetensors"))  # tied lm_head saved once
+        try:
+            staging.rename(cache)
+        except OSError:  # another process finished first: keep its copy
+            if not (cache / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _rms_norm(x: Tensor, norm) -> Tensor:
+    """RMSNorm as Llama computes it: x / sqrt(mean(x²) + eps) · γ, in float32."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * x32.to(x.dtype)
+
+
+def smollm2_rope_base(model) -> float:
+    """RoPE's base θ from the model's config (100000 for SmolLM2-135M)."""
+    config = model.config
+    parameters = getattr(config, "rope_parameters", None) or {}
+    return float(parameters.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+
+
+# --8<-- [start:smollm2_qkv]
+def smollm2_qkv(layer, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One Llama layer's queries, keys and values, *before* RoPE.
+
+    layer: a ``LlamaDecoderLayer``; hidden: its input (batch, seq, d_model). Returns
+    q (batch, heads, seq, head_dim) and k, v (batch, kv_heads, seq, head_dim).
+    """
+    attn = layer.self_attn
+    head_dim = attn.head_dim
+    x = _rms_norm(hidden, layer.input_layernorm)                       # pre-norm
+    q = split_heads(F.linear(x, attn.q_proj.weight), attn.q_proj.out_features // head_dim)
+    k = split_heads(F.linear(x, attn.k_proj.weight), attn.k_proj.out_features // head_dim)
+    v = split_heads(F.linear(x, attn.v_proj.weight), attn.v_proj.out_features // head_dim)
+    return q, k, v
+# --8<-- [end:smollm2_qkv]
+
+
+def _positions(input_ids: Tensor, position_ids: Tensor | None) -> Tensor:
+    check_rank("input_ids", input_ids, 2, "(batch, seq)")
+    if position_ids is None:
+        return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    if position_ids.shape != input_ids.shape:
+        raise ValueError(f"position_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
+                         f"got {tuple(position_ids.shape)}")
+    return position_ids
+
+
+# --8<-- [start:smollm2_recompute]
+def smollm2_layer_attention_probs(layer, hidden: Tensor, position_ids: Tensor, *,
+                                  rope_base: float, layout: str = "half_split") -> Tensor:
+    """One SmolLM2 layer's causal attention probabilities, recomputed with attnbook.
+
+    hidden: the layer's input (batch, seq, d_model); position_ids: (batch, seq), each
+    token's position (RoPE's m). Returns (batch, heads, seq, seq).
+    """
+    q, k, v = smollm2_qkv(layer, hidden)
+    q = apply_rope(q, layout=layout, base=rope_base, position_ids=position_ids)
+    k = apply_rope(k, layout=layout, base=rope_base, position_ids=position_ids)
+    # 9 query heads in 3 groups of 3; each group reads one kv head; scale 1/sqrt(64)
+    _, probs = grouped_query_attention(q, k, v, causal=True, return_weights=True)
+    return probs
+
+
+@torch.no_grad()
+def smollm2_attention_via_attnbook(model, input_ids: Tensor, position_ids: Tensor | None = None,
+                                   *, layout: str = "half_split") -> Tensor:
+    """Every layer's probabilities, (layers, batch, heads, seq, seq), each layer recomputed
+    from the input the model gave it (``hidden_states[i]`` enters layer i)."""
+    position_ids = _positions(input_ids, position_ids)
+    out = model(input_ids=input_ids, position_ids=position_ids, output_hidden_states=True)
+    base = smollm2_rope_base(model)
+    return torch.stack([
+        smollm2_layer_attention_probs(layer, hidden, position_ids, rope_base=base, layout=layout)
+        for layer, hidden in zip(model.model.layers, out.hidden_states[:-1])])
+# --8<-- [end:smollm2_recompute]
+
+
+@torch.no_grad()
+def smollm2_attentions(model, input_ids: Tensor, position_ids: Tensor | None = None) -> Tensor:
+    """The model's own attention probabilities, (layers, batch, heads, seq, seq)."""
+    position_ids = _positions(input_ids, position_ids)
+    out = model(input_ids=input_ids, position_ids=position_ids, output_attentions=True)
+    if not out.attentions or any(a is None for a in out.attentions):
+        raise RuntimeError("the model returned no attention weights: load it with "
+                           "attn_implementation='eager' (see load_smollm2)")
+    return torch.stack(out.attentions)
+
+
+def _mlp(layer, a: Tensor) -> Tensor:
+    mlp = layer.mlp
+    x = _rms_norm(a, layer.post_attention_layernorm)
+    gated = F.silu(F.linear(x, mlp.gate_proj.weight)) * F.linear(x, mlp.up_proj.weight)  # SwiGLU
+    return F.linear(gated, mlp.down_proj.weight)
+
+
+# --8<-- [start:smollm2_forward]
+@torch.no_grad()
+def smollm2_forward(model, input_ids: Tensor, *, window: int | None = None,
+                    sinks: int = 0) -> Tensor:
+    """SmolLM2's whole forward pass through attnbook: logits (batch, seq, vocab).
+
+    ``window=None``: ordinary causal attention over the whole prefix (dense). Otherwise
+    every layer attends as a streaming cache would (``streaming_attention``): each token
+    sees the first ``sinks`` tokens and the ``window`` most recent ones (itself included),
+    with RoPE positions assigned *within that cache*, as StreamingLLM does.
+    """
+    check_rank("input_ids", input_ids, 2, "(batch, seq)")
+    base = smollm2_rope_base(model)
+    hidden = model.model.embed_tokens(input_ids)  # (batch, seq, d_model)
+    for layer in model.model.layers:
+        q, k, v = smollm2_qkv(layer, hidden)
+        if window is None:
+            q, k = (apply_rope(t, base=base) for t in (q, k))  # positions 0 .. seq-1
+            heads = grouped_query_attention(q, k, v, causal=True)
+        else:
+            heads = streaming_attention(q, k, v, window=window, sinks=sinks, base=base)
+        hidden = hidden + F.linear(merge_heads(heads), layer.self_attn.o_proj.weight)
+        hidden = hidden + _mlp(layer, hidden)
+    return model.lm_head(_rms_norm(hidden, model.model.norm))
+# --8<-- [end:smollm2_forward]
+
+
+# --8<-- [start:smollm2_stream]
+@torch.no_grad()
+def smollm2_stream(model, input_ids: Tensor, *, window: int, sinks: int = 0) -> Tensor:
+    """The same model decoded one token at a time with a ``SinkWindowCache``: logits
+    (batch, seq, vocab). The reference that ``smollm2_forward(..., window=, sinks=)`` is
+    checked against; slow (one forward pass per token)."""
+    check_rank("input_ids", input_ids, 2, "(batch, seq)")
+    base = smollm2_rope_base(model)
+    layers = model.model.layers
+    cache = SinkWindowCache(len(layers), window=window, sinks=sinks)
+    logits = []
+    for t in range(input_ids.shape[1]):
+        hidden = model.model.embed_tokens(input_ids[:, t:t + 1])  # (batch, 1, d_model)
+        for index, layer in enumerate(layers):
+            q, k, v = smollm2_qkv(layer, hidden)
+            k, v = cache.update(index, k, v)  # un-rotated keys: sinks + recent, oldest first
+            kept = k.shape[2]
+            k = apply_rope(k, base=base)                       # cache slots 0 .. kept-1
+            q = apply_rope(q, base=base, offset=kept - 1)      # the query is the last slot
+            heads = grouped_query_attention(q, k, v)           # it may see the whole cache
+            hidden = hidden + F.linear(merge_heads(heads), layer.self_attn.o_proj.weight)
+            hidden = hidden + _mlp(layer, hidden)
+        logits.append(model.lm_head(_rms_norm(hidden, model.model.norm)))
+    return torch.cat(logits, dim=1)
+# --8<-- [end:smollm2_stream]
