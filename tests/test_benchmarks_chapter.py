@@ -8,8 +8,10 @@ from __future__ import annotations
 import csv
 import io
 import re
+import time
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -137,3 +139,101 @@ def test_records_to_csv_writes_a_header_even_without_records(n):
     text = bench.records_to_csv([], {f"k{i}": i for i in range(n)})
     lines = text.rstrip("\n").split("\n")
     assert len(lines) == n + 1 and lines[-1] == ",".join(bench.POINT_FIELDS)
+
+
+# ---------------------------------------------------------------------------------------
+# The harness hash and torch version, the clock, the targets and the summary rows
+# ---------------------------------------------------------------------------------------
+
+def test_bench_hash_has_the_recorded_format_and_is_what_run_benchmark_stores():
+    sha = bench.bench_source_hash()
+    assert sha is not None and re.fullmatch(r"[0-9a-f]{12}", sha)
+    config = bench.BenchConfig(lengths=(16, 32), names=["sdpa"], repeats=1, min_repeats=1,
+                               error_len=16, measure_memory=False, report_targets=False)
+    results = bench.run_benchmark(config, progress=lambda line: None)
+    assert results["bench_sha256"] == sha
+    assert bench.harness_changes(results) == []
+
+
+def test_harness_changes_name_bench_py_and_torch_when_they_differ():
+    results = _results({"naive": "x"})  # no bench_sha256: recorded before the field existed
+    changes = bench.harness_changes(results, bench_hash="aaaaaaaaaaaa", torch_version="2.x")
+    assert changes == [{"what": "attnbook/bench.py", "recorded": None, "current": "aaaaaaaaaaaa"}]
+    results["bench_sha256"] = "aaaaaaaaaaaa"
+    assert bench.harness_changes(results, bench_hash="aaaaaaaaaaaa", torch_version="2.x") == []
+    changes = bench.harness_changes(results, bench_hash="bbbbbbbbbbbb", torch_version="3.y")
+    assert [c["what"] for c in changes] == ["attnbook/bench.py", "torch"]
+    assert changes[1] == {"what": "torch", "recorded": "2.x", "current": "3.y"}
+
+
+def test_clock_is_thread_cpu_time_only_with_one_cpu_thread():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert bench.benchmark_clock("cpu") == "thread_cpu"
+        torch.set_num_threads(2)
+        assert bench.benchmark_clock("cpu") == "wall"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_thread_cpu_time_leaves_out_time_the_thread_does_not_run():
+    # Sleeping uses no CPU: its thread time is (almost) zero while the wall clock sees 50 ms.
+    # 10 ms of slack covers the interpreter's own work around the call on a loaded machine.
+    cpu, wall = bench._timed_call(lambda: time.sleep(0.05), "cpu", "thread_cpu")
+    assert wall >= 0.05 and cpu < 0.01
+    cpu, wall = bench._timed_call(lambda: time.sleep(0.05), "cpu", "wall")
+    assert cpu >= 0.05 and wall >= 0.05
+
+
+def test_environment_states_the_clock_and_old_files_say_wall():
+    results = _results({"naive": "x"})
+    assert bench.run_environment(results)["clock"] == bench.CLOCKS["wall"]
+    results["clock"] = "thread_cpu"
+    env = bench.run_environment(results)
+    assert env["clock"] == bench.CLOCKS["thread_cpu"]
+    assert env["lengths"] == [64, 128] and "fit_range" in env and "budget_s" in env
+
+
+def _summary_results() -> dict:
+    """Three mechanisms with fits, in run_benchmark's layout: exact baseline, linear, n·√n."""
+    def entry(name, expected, exponent, lengths, note=""):
+        return {"name": name, "family": "sparse", "exact": name == "sdpa", "causal": False,
+                "available": True, "reason": None, "baseline": None if name == "sdpa" else "sdpa",
+                "expected_exponent": expected, "expected_note": note, "note": "",
+                "fit": {"exponent": exponent, "lengths": lengths}, "crossover": None,
+                "compared_up_to": None, "ratio_to_baseline": None, "failures": [], "error": None,
+                "points": [{"seq_len": n, "status": "ok", "median_s": 1.0} for n in lengths]}
+    return {"config": {"lengths": [1024, 2048, 4096, 8192], "fit_from": 2048, "fit_to": 8192},
+            "mechanisms": [entry("sdpa", "2", 1.99, [2048, 4096]),
+                           entry("linear", "1", 0.985, [2048, 4096, 8192]),
+                           entry("sparse_strided", "1.5", 1.2551, [2048, 4096, 8192], "work")]}
+
+
+def test_summary_rows_give_the_fitted_range_when_it_is_short_and_what_expected_counts():
+    rows = {r[0]: r for r in bench.summary_rows(_summary_results())}
+    assert rows["sdpa"][3] == "1.99 [2k–4k]"  # 8192 not measured: the range is shown
+    assert rows["linear"][3] == "0.98"  # 0.985 in binary lies just below the half
+    assert rows["sparse_strided"][3:5] == ["1.26", "1.5 (work)"]
+
+
+def test_targets_store_unrounded_values_and_give_n_sqrt_n_patterns_no_target():
+    results = _summary_results()
+    summary = {"tiled_over_naive_time": [{"seq_len": 1024, "ratio": 0.123456}],
+               "tiled_over_sdpa_time": [{"seq_len": 1024, "ratio": 1.23456}]}
+    targets = bench._targets(summary, results, bench.BenchConfig())
+    by_target = {t["target"]: t for t in targets}
+    assert by_target["tiled exact faster than naive for n >= 1024"]["value"] == {"1024": 0.123456}
+    linear = by_target["linear: time exponent <= 1.15"]
+    assert linear["met"] is True and linear["value"] == 0.985
+    strided = next(t for t in targets if t["target"].startswith("sparse_strided"))
+    assert strided["met"] is None and strided["value"] == 1.2551
+    assert "no target" in strided["target"]
+
+
+def test_point_records_keep_the_wall_clock_median_beside_the_timed_one():
+    results = _results({"naive": "x"})
+    results["mechanisms"][0]["points"][0]["median_wall_s"] = 0.75
+    records = bench.point_records(results)
+    assert records[0]["median_s"] == 0.5 and records[0]["median_wall_s"] == 0.75
+    assert records[1]["median_wall_s"] is None

@@ -2,9 +2,13 @@
 
 Reusable pieces for ``scripts/bench.py`` and the benchmark chapter:
 
-* **timing** (``time_call``): warm-up, then the median of several eager calls, with
-  ``torch.cuda.synchronize`` around each call on a GPU. Absolute times depend on the
-  machine and on its load; ratios measured in the same run are what we report.
+* **timing** (``time_call``, used by other chapters): warm-up, then the median of several
+  eager wall-clock calls, with ``torch.cuda.synchronize`` around each call on a GPU.
+  ``run_benchmark`` times differently: its calls are interleaved in rounds over every
+  point (``_time_rounds``) and read on ``benchmark_clock`` (the thread's CPU time with one
+  torch thread on the CPU, else the wall clock; the wall time is kept too). Absolute
+  times depend on the machine and on its load; ratios measured in the same run are what
+  we report.
 * **peak memory** (``peak_extra_memory``): the extra memory a call needs on top of the
   tensors that already exist: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU,
   the allocation trace of torch's profiler (``profile_memory=True``) replayed in order,
@@ -1507,7 +1511,7 @@ def run_environment(results: dict, *, compiled: bool = False) -> dict:
         "fit_range": [config.get("fit_from"), config.get("fit_to")],
         "repeats": config.get("repeats"), "min_repeats": config.get("min_repeats"),
         "budget_s": config.get("budget_s"),
-        "elapsed_s": results.get("elapsed_s"),
+        "elapsed_s": results.get("elapsed_s"), "cpu_s": results.get("cpu_s"),
         "bench_sha256": results.get("bench_sha256"),
         "recorded_utc": results.get("recorded_utc"),
         "command": " ".join(results["command"]) if results.get("command") else None,

@@ -114,7 +114,11 @@ def length_label(n: float, _=None) -> str:
 
 
 def plain_log_label(value: float, _=None) -> str:
-    """0.01, 0.1, 1, 10, ... for a logarithmic axis, without superscripts."""
+    """0.01, 0.1, 1, 10, ..., 1000, 10k, 100k, 1M for a logarithmic axis, no superscripts."""
+    if value >= 1e6:
+        return f"{value / 1e6:g}M"
+    if value >= 1e4:
+        return f"{value / 1e3:g}k"
     return f"{value:g}"
 
 
@@ -137,7 +141,7 @@ def draw_lengths(results: dict, key: str, ylabel: str, scale: float):
 
     def draw(theme: str):
         c = colors(theme)
-        fig, axes = plt.subplots(3, 2, figsize=(6.8, 7.6), layout="constrained", sharex=True)
+        fig, axes = plt.subplots(3, 2, figsize=(6.8, 8.6), layout="constrained", sharex=True)
         for ax, family in zip(axes.flat, FAMILIES):
             members = [m for m in results["mechanisms"] if m["family"] == family]
             for style, ref in (("--", "sdpa"), (":", "sdpa_causal")):
@@ -152,7 +156,12 @@ def draw_lengths(results: dict, key: str, ylabel: str, scale: float):
             dress_log_axes(ax, results["config"]["lengths"][::2])
             ax.set_title(family, fontsize=9)
             ax.grid(True, alpha=0.5)
-            ax.legend(frameon=False, fontsize=8, loc="best")  # placed where it hides fewest points
+            # headroom: the data fill the lower part of the panel, the legend the top, so the
+            # legend never sits on a line
+            low, high = ax.get_ylim()
+            ax.set_ylim(low, low * (high / low) ** (1 / 0.66))
+            ax.legend(frameon=False, fontsize=8, loc="upper left", ncol=2, columnspacing=1.0,
+                      handlelength=1.6)
         for ax in axes[-1]:
             ax.set_xlabel("sequence length n", fontsize=9)
         for ax in axes[:, 0]:
@@ -266,7 +275,9 @@ def environment_sentence(results: dict, when: str | None = None) -> str:
             f"{lengths[0]} to {lengths[-1]}, batch {env['batch']}, {env['heads']} heads, "
             f"$d = {env['head_dim']}$; error at $n = {env['error_len']}$. "
             + (f"Recorded {when}; the" if when else "The")
-            + f" run took {results['elapsed_s']:.0f} s; one-minute load average "
+            + f" run took {results['elapsed_s']:.0f} s"
+            + (f" ({results['cpu_s']:.0f} s of CPU time)" if results.get("cpu_s") else "")
+            + "; one-minute load average "
             f"{load[0]:.1f} before and {after[0]:.1f} after"
             + (f" on {machine.get('cpu_count')} cores." if not env["device"].startswith("cuda") else "."))
 
@@ -421,7 +432,7 @@ if cpu_tag is not None:
     rec_config = recorded[cpu_tag]["config"]
     why = (f"The recorded CPU run took {recorded[cpu_tag]['elapsed_s']:.0f} s at lengths up to "
            f"{rec_config['lengths'][-1]}, with up to {rec_config['repeats']} timed calls per point; "
-           f"the live run below keeps to a fraction of that. ")
+           f"the live run keeps to a fraction of that. ")
     not_fit = (f"not the recorded CPU run's fit on {rec_config['fit_from']} to "
                f"{rec_config['fit_to']}")
 else:
@@ -506,8 +517,8 @@ if candidates:
     best, best_name = min(candidates)
     verdict = ("small: that mechanism serves a clustered head well" if best < 0.1 else
                "moderate: usable where a few per cent of error do not matter" if best < 0.3 else
-               "still large, a sizeable fraction of the output's own size: no approximation "
-               "here serves a clustered head well")
+               "still large (a sizeable fraction of the output's own size), so no "
+               "approximation here serves a clustered head well")
     where = "the recorded CPU run" if source_tag != "live" else "the live run"
     ch.markdown("exercise-4",
                 f"In {where} the smallest clustered error, Reformer aside, is `{best_name}`'s, "
