@@ -67,8 +67,8 @@ def training_batch(batch: int, generator: torch.Generator) -> torch.Tensor:
 
 # %%
 # --8<-- [start:train]
-STEPS = ch.pick(1200, 150)
-EVAL_EVERY = ch.pick(20, 25)
+STEPS = ch.pick(1200, 60)
+EVAL_EVERY = ch.pick(20, 30)
 BATCH, LR = 32, 2e-3
 
 
@@ -225,8 +225,14 @@ ch.markdown("pitfall-average", (
     f"{mean_prev:.2f}: the average shows the previous-token pattern at {mean_prev / head_prev:.0%} of its "
     f"strength in the head that has it, mixed with whatever the other heads do."))
 
-# 2. Renormalising after dropping [CLS] and [SEP].
-sink_layer, sink_head = best_head(sep_share + cls_share)
+# 2. Renormalising after dropping [CLS] and [SEP]. Among the heads that give more than half
+# of their weight to [CLS] and [SEP], the one whose renormalised rows look most decisive
+# (largest mean of each row's largest weight after renormalising).
+inner_all = probs[..., 1:-1, 1:-1]                            # (6, 12, n - 2, n - 2): real words only
+kept_all = inner_all.sum(-1)                                  # (6, 12, n - 2): weight left on real words
+decisive = (inner_all / kept_all[..., None]).amax(-1).mean(-1)    # (6, 12)
+sink_all = 1 - kept_all.mean(-1)                              # (6, 12): mean share of [CLS] and [SEP]
+sink_layer, sink_head = best_head(torch.where(sink_all > 0.5, decisive, torch.zeros_like(decisive)))
 sink_w = probs[sink_layer, sink_head]                         # (n, n)
 inner = sink_w[1:-1, 1:-1]                                    # real words only
 kept = inner.sum(-1)                                          # weight left on real words, per row
@@ -251,7 +257,9 @@ ch.markdown("pitfall-renormalise", (
     f"{1 - kept.mean().item():.2f} of each word's attention. The word `{words[1 + worst]}` keeps only "
     f"{kept[worst].item():.3f} of its weight on other words; renormalising its row multiplies every one "
     f"of those weights by {1 / kept[worst].item():.0f}, and its largest weight goes from "
-    f"{inner[worst].max().item():.3f} to {renormalised[worst].max().item():.2f}."))
+    f"{inner[worst].max().item():.3f} to {renormalised[worst].max().item():.2f}. After renormalising, the "
+    f"largest weight of a row is on average {decisive[sink_layer, sink_head].item():.2f}, on the same scale "
+    f"as a row that really put its weight on a word."))
 
 # 3. A linear colour scale hides small weights; a log scale (clipped at 1e-3) shows them.
 # The head whose weights below 0.05 carry the most attention in total:
@@ -293,7 +301,7 @@ def draw_pitfall_sink(theme):
     heatmap(axes[0], cls_w, words, words, theme=theme, vmax=float(cls_w.max()),
             title="scaled to the largest weight")
     heatmap(axes[1], cls_w[:, 1:], words[1:], words, theme=theme, vmax=rest_max,
-            title="[CLS] column left out", ylabel="")
+            title=f"[CLS] column left out (scale 0 to {rest_max:.2f})", ylabel="")
     for ax in axes:
         ax.title.set_fontsize(9)
     fig.tight_layout(pad=0.3)
@@ -312,6 +320,16 @@ ch.markdown("pitfall-sink", (
 
 # %%
 log = wait_for_training()
+model = AttnOnlyTransformer(AttnOnlyConfig(VOCAB, max_len=TRAIN_LEN, d_model=64, num_heads=4, num_layers=2))
+model.load_state_dict({k: torch.as_tensor(v) for k, v in log["state"].items()})
+model.eval()
+# Why the first-half loss can end above the uniform guess: the probability the trained model
+# gives, at the last 8 positions of the first copy, to the token after <s> (a segment restart,
+# which the training rows make and the evaluation sequences do not).
+eval_ids = torch.as_tensor(log["evaluation"])                                  # (64, 33)
+eval_probs = model(eval_ids).softmax(-1)                                        # (64, 33, vocab)
+restart_prob = eval_probs[:, PERIOD - 8:PERIOD].gather(
+    -1, eval_ids[:, 1, None, None].expand(-1, 8, 1)).mean().item()
 steps = np.array(log["step"])
 loss_repeat, loss_first = np.array(log["loss_repeat"]), np.array(log["loss_first"])
 induction = log["induction"]          # (evals, layers, heads)
@@ -365,6 +383,11 @@ ch.markdown("phase-change", (
        f"{steps[loss_first.argmax()]}, {'inside' if step_10 <= steps[loss_first.argmax()] <= step_90 else 'outside'} "
        f"the window, as the model starts to copy confidently and is wrong wherever nothing repeats."
        if loss_first.max() > loss_first[0] + 0.1 else "")
+    + (f" The first-half loss ends above the uniform guess because the training rows restart their segment "
+       f"after 4 to 20 tokens: at the last 8 positions of the first copy the model still gives on average "
+       f"{restart_prob:.2f} of its probability to a restart (the token after `<s>`; a uniform guess gives it "
+       f"1/{VOCAB - 1} = {1 / (VOCAB - 1):.3f}), which the evaluation sequences never make."
+       if loss_first[-1] > math.log(VOCAB - 1) and restart_prob > 2 / (VOCAB - 1) else "")
     + (" (This is a `--quick` run: it trains too briefly for the phase change, and the checks are skipped.)"
        if ch.quick else "")))
 
@@ -372,6 +395,22 @@ ch.table("heads", ["head (layer-head)", "induction score", "previous-token score
          [[f"{layer}-{head}", f"{final_induction[layer, head]:.2f}", f"{prev_scores_final[layer, head]:.2f}",
            f"{float(first_token_share(torch.as_tensor(log['attention'][-1]))[layer, head]):.2f}"]
           for layer in range(2) for head in range(4)], align="lrrr")
+
+ch.paper("olsson2022", "induction heads appear at the same point in training as a sharp rise in in-context learning",
+         theirs="induction heads develop at precisely the same point in training as a sudden, sharp increase in "
+                "in-context learning, visible as a bump in the training loss (abstract)",
+         ours=f"10 % to 90 % of the repeated-half loss fall between steps {step_10} and {step_90} of {STEPS}; "
+              f"best induction score (head {ind_layer}-{ind_head}) "
+              + (f"above 0.4 from step {crossing}" if crossing is not None else "never above 0.4")
+              + " (2-layer attention-only model, repeated random tokens)",
+         section="the-paper-reproduced")
+ch.paper("elhage2021", "induction heads need a previous-token head in an earlier layer",
+         theirs="induction heads in two-layer attention-only models, formed by K-composition with a "
+                "previous-token head of the first layer; none in one-layer models",
+         ours=f"layer 0: head {pt_layer}-{pt_head}, previous-token score {float(prev_scores_final.max()):.2f}; "
+              f"layer 1: induction scores {float(final_induction[1].min()):.2f} to "
+              f"{float(final_induction[1].max()):.2f} (one layer not run here: exercise 2)",
+         section="the-paper-reproduced")
 
 
 def draw_phase_change(theme):
@@ -403,7 +442,7 @@ evaluation = torch.as_tensor(log["evaluation"])
 letters = ["<s>"] + [ALPHABET[t - 1] for t in evaluation[0, 1:].tolist()]
 # frames: 10 spread over training plus 14 packed into the window where the loss fell
 in_window = np.flatnonzero((steps >= step_10 - 2 * EVAL_EVERY) & (steps <= step_90 + 2 * EVAL_EVERY))
-frames = np.unique(np.concatenate([np.linspace(0, len(steps) - 1, ch.pick(10, 6)).round(),
+frames = np.unique(np.concatenate([np.linspace(0, len(steps) - 1, ch.pick(10, 2)).round(),
                                    np.linspace(in_window[0], in_window[-1], ch.pick(14, 0)).round()]).astype(int))
 for theme in ("light", "dark"):
     animate_heatmaps([log["attention"][f, ind_layer, ind_head] for f in frames],
@@ -415,9 +454,6 @@ for theme in ("light", "dark"):
 # ## The trained model, seen every way
 
 # %%
-model = AttnOnlyTransformer(AttnOnlyConfig(VOCAB, max_len=TRAIN_LEN, d_model=64, num_heads=4, num_layers=2))
-model.load_state_dict({k: torch.as_tensor(v) for k, v in log["state"].items()})
-model.eval()
 
 # A short sequence for the pictures with token labels: BOS + 7 letters + the same 7 again.
 SHORT = 7
@@ -478,7 +514,8 @@ ch.markdown("neuron-view", (
     f"{share_top:.0%} of the total size of the products (the sum of their absolute values)."))
 
 # The stages of the same head on the same input.
-stages = attention_stages(q[0, ind_head], k[0, ind_head], causal=True, dropout_p=0.1,
+DROPOUT_P = 0.1
+stages = attention_stages(q[0, ind_head], k[0, ind_head], causal=True, dropout_p=DROPOUT_P,
                           generator=torch.Generator().manual_seed(0))
 
 
@@ -494,10 +531,12 @@ ch.markdown("stages", (
     f"{(stages['softmax'] - short_weights[ind_layer, ind_head]).abs().max().item():.1e}). The raw scores range from "
     f"{stages['raw'].min().item():.1f} to {stages['raw'].max().item():.1f}; dividing by √d_k = "
     f"{math.sqrt(q.shape[-1]):.0f} shrinks them to {stages['scaled'].min().item():.1f} to "
-    f"{stages['scaled'].max().item():.1f}. With dropout p = 0.1, {int((stages['dropout'] == 0).sum() - (stages['softmax'] == 0).sum())} "
-    f"of the {int((stages['softmax'] > 0).sum())} visible weights were dropped in this draw, and the rows that lost "
-    f"weight no longer sum to 1: their sums range from {stages['dropout'].sum(-1).min().item():.2f} to "
-    f"{stages['dropout'].sum(-1).max().item():.2f}."))
+    f"{stages['scaled'].max().item():.1f}. With dropout p = {DROPOUT_P}, "
+    f"{int((stages['dropout'] == 0).sum() - (stages['softmax'] == 0).sum())} "
+    f"of the {int((stages['softmax'] > 0).sum())} visible weights were dropped in this draw, and no row sums to 1 "
+    f"any more: every surviving weight is divided by 1 − p, so a row that lost nothing sums to "
+    f"1/(1 − p) = {1 / (1 - DROPOUT_P):.2f}, and the row sums range from "
+    f"{stages['dropout'].sum(-1).min().item():.2f} to {stages['dropout'].sum(-1).max().item():.2f}."))
 
 # %% [markdown]
 # ## Data for the interactive explorer
