@@ -68,3 +68,35 @@ def test_each_exercise_is_offered_on_its_chapter_page(name, repo):
     assert f"python -m attnbook.check {name} " in page, f"docs/{exercise.page} does not offer exercise {name!r}"
     number = exercise.chapter.split(".")[0]
     assert page.startswith(f"# {number}. "), f"exercise {name!r} names chapter {number}, but docs/{exercise.page} is not it"
+
+
+def test_every_bug_has_its_section_in_appendix_a(repo):
+    page = (repo / "docs" / "appendix" / "attention-bugs.md").read_text(encoding="utf-8")
+    for bug in BUGS:
+        assert f'code/attnbook/bugs.py:{bug.slug}"' in page, f"Appendix A does not show the code of {bug.slug}"
+        assert f"check-{bug.slug}.md" in page, f"Appendix A does not show the checker's output for {bug.slug}"
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_a_float32_answer_passes_when_the_formula_is_right(name):
+    """The library's function, its inputs and outputs cast to float32, passes every check."""
+    import torch
+
+    library = EXERCISES[name].library
+
+    def in_float32(*args):
+        def to32(a):
+            if isinstance(a, torch.Tensor) and a.is_floating_point():
+                return a.float()
+            return [to32(x) for x in a] if isinstance(a, list) else a
+        cast = [to32(a) for a in args]
+        return library(*cast)
+    result = run_exercise(name, in_float32)
+    assert result.passed, result.report()
+
+
+def test_a_crash_in_the_readers_code_names_its_line_and_gives_no_hint():
+    def broken(q, k, v, mask=None):
+        return undefined_name  # noqa: F821
+    report = run_exercise("sdpa", broken).report()
+    assert "raised NameError" in report and "hint:" not in report
