@@ -46,6 +46,16 @@ def stable_softmax(scores: Tensor, dim: int = -1) -> Tensor:
 # --8<-- [end:softmax]
 
 
+def attention_dropout(weights: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+    """Zero each weight with probability ``p`` and scale the survivors by 1/(1 - p), so the
+    expected output is unchanged; ``p = 0`` returns ``weights`` itself. The caller keeps the
+    undropped ``weights`` for anything that reads them."""
+    if p <= 0.0:
+        return weights
+    keep = torch.rand(weights.shape, generator=generator, device=weights.device) >= p
+    return weights * keep / (1.0 - p)
+
+
 # --8<-- [start:full-mask]
 def full_mask(q: Tensor, k: Tensor, mask: Tensor | None, causal: bool) -> Tensor | None:
     """Check ``mask`` against q and k and AND it with the causal mask when ``causal``.
@@ -94,10 +104,7 @@ def scaled_dot_product_attention(
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = stable_softmax(scores, dim=-1)
-    attended = weights
-    if dropout_p > 0.0:
-        keep = torch.rand(weights.shape, generator=generator, device=weights.device) >= dropout_p
-        attended = weights * keep / (1.0 - dropout_p)
+    attended = attention_dropout(weights, dropout_p, generator)
     out = attended @ v  # (batch, heads, q_len, d_v)
     return (out, weights) if return_weights else out
 # --8<-- [end:sdpa]

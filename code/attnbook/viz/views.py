@@ -17,7 +17,7 @@ import torch
 from matplotlib.collections import LineCollection
 from matplotlib.colors import LinearSegmentedColormap, TwoSlopeNorm, to_rgba
 
-from ..attention.dot_product import stable_softmax
+from ..attention.dot_product import attention_dropout, stable_softmax
 from ..attention.masks import causal_mask
 from .style import COLUMN_INCHES, MIN_FONT_PT, attention_cmap, colors
 
@@ -77,10 +77,7 @@ def attention_stages(q: Tensor, k: Tensor, mask: Tensor | None = None, *, causal
         keep = keep & causal_mask(q.shape[-2], k.shape[-2], device=q.device)
     masked = scaled.masked_fill(~keep, float("-inf"))
     weights = stable_softmax(masked, dim=-1)
-    dropped = weights
-    if dropout_p > 0.0:
-        survive = torch.rand(weights.shape, generator=generator, device=weights.device) >= dropout_p
-        dropped = weights * survive / (1.0 - dropout_p)
+    dropped = attention_dropout(weights, dropout_p, generator)
     return {"raw": raw, "scaled": scaled, "masked": masked, "softmax": weights, "dropout": dropped}
 # --8<-- [end:stages]
 
