@@ -46,8 +46,8 @@ def test_weights_path_equals_the_encoder_layer():
     for layer in model.encoder.layers:
         out, _ = encoder_layer_with_weights(layer, x)
         # the fused kernel and the explicit softmax sum in different orders: float32 rounding
-    # of values of order 1, so 1e-5 is ample
-    torch.testing.assert_close(out, layer(x), atol=1e-5, rtol=1e-5)
+        # of values of order 1, so 1e-5 is ample
+        torch.testing.assert_close(out, layer(x), atol=1e-5, rtol=1e-5)
 
 
 def test_logits_with_and_without_attentions_agree():
