@@ -576,3 +576,28 @@ def test_two_explorers_on_one_page_are_independent(browser, server):
         assert not visit.errors and not visit.outside
     finally:
         visit.close()
+
+
+VIT_EXPLORER_PAGE = "real-models/vision-transformer/"
+
+
+@pytest.mark.browser
+def test_explorer_shades_the_image_of_a_vision_transformer(browser, server, built_site, theme):
+    """Image mode: the ViT's explorer draws the digit under its patch grid, follows the chosen
+    query, and fits a phone without errors."""
+    data = json.loads((built_site / "generated" / "vision-transformer" / "explorer.json").read_text())
+    assert data["sentences"][0]["image"]["patch_grid"] == [4, 4]
+    visit = open_explorer(browser, server, VIT_EXPLORER_PAGE, color_scheme=theme, width=PHONE)
+    try:
+        page = visit.page
+        canvas = page.locator(".attn-explorer .ae-image")
+        assert canvas.is_visible()
+        page.focus(".ae-token[data-index='0']")
+        before = canvas.get_attribute("aria-label")
+        page.focus(".ae-token[data-index='5']")
+        page.wait_for_timeout(100)
+        assert canvas.get_attribute("aria-label") != before, "the image did not follow the chosen query"
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE
+        assert not visit.errors and not visit.outside
+    finally:
+        visit.close()

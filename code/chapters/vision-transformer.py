@@ -29,6 +29,7 @@ from attnbook.explain import attention_rollout
 from attnbook.models.vit import ViT, mean_attention_distance, patch_centres, patchify, position_similarity
 from attnbook.train import TrainConfig, train
 from attnbook.viz import attention_cmap, colors
+from attnbook.viz.explorer import explorer_json
 
 # Models of 25-27 thousand parameters: one thread is as fast as two.
 ch.one_thread_on_cpu()
@@ -508,6 +509,22 @@ def draw_maps(theme):
 
 
 ch.figure("attention-maps", draw_maps)
+
+# The same model in the book's explorer: every layer and head of the examples above, with the
+# digit under the patch grid (the widget shades each patch by the chosen query's weight).
+explorer_examples = []
+for i in EXAMPLES:
+    ink_dark = (1.0 - test_x[i]).repeat_interleave(8, 0).repeat_interleave(8, 1)   # 64 x 64, ink dark
+    explorer_examples.append({
+        "text": f"test image {i}: a {int(test_y[i])}",
+        "tokens": ["[CLS]"] + [f"patch {p}" for p in range(GRID * GRID)],
+        "attention": torch.stack([a[i] for a in attentions]),                     # (layers, heads, 17, 17)
+        "image": {"pixels": ink_dark[..., None].expand(-1, -1, 3).numpy(), "patch_grid": [GRID, GRID],
+                  "first_patch": 1},
+    })
+ch.json("explorer", explorer_json(
+    "the chapter's ViT", explorer_examples,
+    description="Query [CLS] or a patch; the image shades each patch by the chosen head's weight."))
 
 # How much of each map falls on patches with ink (a pixel above INK), against the share of
 # such patches (what a map that ignored the image would score).
