@@ -176,22 +176,27 @@ def fixed_positions(span_lists, width):
 
 
 def alignment(texts, truths, weights, span_lists, fixed, width):
-    """Over the digits of the strings transcribed exactly: the share whose attention peak lies in
+    """Over the digits of the strings transcribed exactly (all strings if ``texts`` is None,
+    for weights computed with the true digits fed in): the share whose attention peak lies in
     the digit's own span, the share the fixed rule hits, the share a uniformly random position
-    hits, and the peak's share on the digits the fixed rule misses (where only content helps)."""
-    peak, rule, chance = [], [], []
-    for text, truth, rows, spans in zip(texts, truths, weights, span_lists):
+    hits, the peak's share on the digits the fixed rule misses (where only content helps), and
+    the share of peaks within one position of the fixed rule's."""
+    peak, rule, chance, near = [], [], [], []
+    for text, truth, rows, spans in zip(texts or truths, truths, weights, span_lists):
         if text != truth:
             continue
         for i, (first, last) in enumerate(spans):
-            peak.append(first <= int(rows[i].argmax()) <= last)
+            top = int(rows[i].argmax())
+            peak.append(first <= top <= last)
             rule.append(first <= fixed[i] <= last)
             chance.append((last - first + 1) / width)
+            near.append(abs(top - fixed[i]) <= 1)
     peak, rule = np.array(peak, dtype=bool), np.array(rule, dtype=bool)
-    share = (lambda x: float(x.mean()) if len(x) else float("nan"))
-    return dict(exact=float(np.mean([t == k for t, k in zip(texts, truths)])), digits=len(peak),
-                peak=share(peak), fixed=share(rule), chance=share(np.array(chance)),
-                missed=int((~rule).sum()), followed=int(peak[~rule].sum()), follow=share(peak[~rule]))
+    share = (lambda x: float(np.mean(x)) if len(x) else float("nan"))
+    exact = float(np.mean([t == k for t, k in zip(texts, truths)])) if texts else float("nan")
+    return dict(exact=exact, digits=len(peak), peak=share(peak), fixed=share(rule), chance=share(chance),
+                missed=int((~rule).sum()), followed=int(peak[~rule].sum()), follow=share(peak[~rule]),
+                near_fixed=share(near))
 # --8<-- [end:evaluate]
 
 
@@ -228,6 +233,11 @@ peak_offsets = [int(rows[i].argmax()) - own[i][0]
 moved_texts, moved_weights = transcribe(transcriber, audio_moved.features)
 audio_shifted = alignment(moved_texts, audio_moved.keys, moved_weights, frame_spans(audio_moved),
                           audio_fixed, NUM_FRAMES)
+# with the true keys fed in, every delayed string has an alignment, whatever the model would say
+forced_weights = cross_attention_weights(transcriber, audio_moved.features.to(ch.device),
+                                         audio_moved.tgt_in.to(ch.device))[:, -1].mean(dim=1).cpu()
+audio_forced = alignment(None, audio_moved.keys, forced_weights, frame_spans(audio_moved),
+                         audio_fixed, NUM_FRAMES)
 audio_delay = float(np.mean([(m[0][0] - u[0][0]) / HOP
                              for m, u in zip(audio_moved.segments, audio_test.segments)]))
 
@@ -240,6 +250,10 @@ caption_exact = caption["exact"]
 caption_moved_texts, caption_moved_weights = transcribe(captioner, caption_moved.images)
 caption_shifted = alignment(caption_moved_texts, caption_moved.captions, column_weights(caption_moved_weights),
                             patch_spans(caption_moved), caption_fixed, GRID[1])
+caption_forced_weights = cross_attention_weights(captioner, caption_moved.images.to(ch.device),
+                                                 caption_moved.tgt_in.to(ch.device))[:, -1].mean(dim=1).cpu()
+caption_forced = alignment(None, caption_moved.captions, column_weights(caption_forced_weights),
+                           patch_spans(caption_moved), caption_fixed, GRID[1])
 caption_shift = float(np.mean([m[0][0] - u[0][0] for m, u in zip(caption_moved.boxes, caption_test.boxes)]))
 
 def params(model):
@@ -255,18 +269,20 @@ ch.table("results", ["task", "training strings", "test strings", "exact match (h
 
 
 def pct(x):
-    return "–" if x != x else f"{x:.1%}"       # x != x: NaN, no digits to score
+    return "–" if x != x else f"{x:.1%}"       # x != x: NaN (nothing to score)
 
 
 ch.table("alignment", ["test strings", "exact match", "digits scored", "attention peak on the right digit",
                        "fixed position per output (ignores the input)", "by chance",
                        "peak on the right digit where the fixed rule misses"],
-         [[name, f"{r['exact']:.1%}", f"{r['digits']:,}", pct(r["peak"]), pct(r["fixed"]), pct(r["chance"]),
+         [[name, pct(r["exact"]), f"{r['digits']:,}", pct(r["peak"]), pct(r["fixed"]), pct(r["chance"]),
            f"{r['followed']:,} of {r['missed']:,} ({pct(r['follow'])})"]
           for name, r in [("touch tones, usual timing", audio),
                           (f"touch tones, delayed (mean {audio_delay:.0f} frames)", audio_shifted),
+                          ("touch tones, delayed, true keys fed in (all strings)", audio_forced),
                           ("digit images, usual layout", caption),
-                          (f"digit images, moved right (mean {caption_shift:.1f} px)", caption_shifted)]])
+                          (f"digit images, moved right (mean {caption_shift:.1f} px)", caption_shifted),
+                          ("digit images, moved right, true digits fed in (all strings)", caption_forced)]])
 
 
 def verdict(name, exact, target):
@@ -300,8 +316,27 @@ def moved_sentence(what, usual, moved, how_far, unit, layout):
              f"attention) the peak lands on the right one {moved['followed']:,} times "
              f"({pct(moved['follow'])})")
     if moved["missed"] and moved["follow"] >= 0.5:
-        return text + ": on the strings it still reads, the attention follows the content, not only the usual place."
+        return text + (": on the strings it still reads (by selection, those on which its attention "
+                       "found the digits) the attention follows the content.")
     return text + ": where the usual place is wrong, the attention mostly does not find the digit."
+
+
+def forced_sentence(what, item, forced, unit):
+    """Where the decoder looks on every moved string when it is fed the true digits."""
+    if forced["digits"] == 0:
+        return ""
+    text = (f" Fed the true {what} instead (teacher forcing), so that every moved string can be "
+            f"scored, the decoder's peak lies on the right {item} for {pct(forced['peak'])} of "
+            f"{forced['digits']:,} {what} (fixed-position rule: {pct(forced['fixed'])}; at random: "
+            f"{pct(forced['chance'])}); on the {forced['missed']:,} that are not at the rule's {unit}, "
+            f"for {pct(forced['follow'])}; and {pct(forced['near_fixed'])} of all the peaks lie within "
+            f"one {unit} of the rule's {unit}")
+    if forced["follow"] < 0.5 and forced["near_fixed"] >= 0.5:
+        return text + (f": where the {item}'s usual place and its real place differ, the decoder "
+                       f"mostly looks at the usual place.")
+    if forced["follow"] >= 0.5:
+        return text + f": where the {item}'s usual place and its real place differ, it mostly finds the {item}."
+    return text + "."
 
 
 share_in, share_touch = audio["peak"], audio_touch["peak"]
@@ -324,22 +359,30 @@ ch.markdown("audio-peaks",
             + (": the decoder looks where each tone *begins*, the moment the spectrum changes."
                if at_onset >= 0.5 else "."))
 
+if audio["digits"] and caption["digits"]:
+    in_place = (f"In place, the attention peak {versus(audio['peak'], audio['fixed'])} the fixed-position "
+                f"rule for the touch tones ({pct(audio['peak'])} against {pct(audio['fixed'])}) and "
+                f"{versus(caption['peak'], caption['fixed'])} it for the captions ({pct(caption['peak'])} "
+                f"against {pct(caption['fixed'])}), so "
+                + ("the in-place scores alone do not show that the attention looks at the content rather "
+                   "than at the usual place of each tone or digit."
+                   if versus(audio["peak"], audio["fixed"]) != "beats"
+                   or versus(caption["peak"], caption["fixed"]) != "beats"
+                   else "the attention is more often on the right tone or digit than the usual place is.")
+                + f" The tones and digits the rule misses say more: there the peak is right for "
+                  f"{audio['followed']:,} of {audio['missed']:,} tones ({pct(audio['follow'])}; a random "
+                  f"frame would hit about {pct(audio['chance'])}) and {caption['followed']:,} of "
+                  f"{caption['missed']:,} digits.")
+else:
+    in_place = "This run transcribed no string exactly in place, so there is no alignment to score."
 ch.markdown("alignment-verdict",
-            f"In place, the attention peak {versus(audio['peak'], audio['fixed'])} the fixed-position "
-            f"rule for the touch tones ({pct(audio['peak'])} against {pct(audio['fixed'])}) and "
-            f"{versus(caption['peak'], caption['fixed'])} it for the captions ({pct(caption['peak'])} "
-            f"against {pct(caption['fixed'])}), so the in-place scores alone do not show that the "
-            f"attention looks at the content rather than at the usual place"
-            + (" of each tone." if versus(audio["peak"], audio["fixed"]) != "beats"
-               or versus(caption["peak"], caption["fixed"]) != "beats"
-               else "; they show at least that it is sharper than the rule.")
-            + f" The tones and digits the rule misses say more: there the peak is right for "
-              f"{audio['followed']:,} of {audio['missed']:,} tones ({pct(audio['follow'])}) and "
-              f"{caption['followed']:,} of {caption['missed']:,} digits.\n\n"
+            in_place + "\n\n"
             + moved_sentence("touch-tone", audio, audio_shifted, f"later by a random delay (mean "
-                             f"{audio_delay:.0f} frames)", "frame", "timing") + "\n\n"
+                             f"{audio_delay:.0f} frames)", "frame", "timing")
+            + forced_sentence("keys", "tone", audio_forced, "frame") + "\n\n"
             + moved_sentence("digit-image", caption, caption_shifted, f"right by a random number of "
-                             f"columns (mean {caption_shift:.1f} pixels)", "patch column", "layout"))
+                             f"columns (mean {caption_shift:.1f} pixels)", "patch column", "layout")
+            + forced_sentence("digits", "digit", caption_forced, "patch column"))
 
 ch.markdown("verdict", " ".join([verdict("transcriber", audio_exact, TARGET_AUDIO),
                                  verdict("captioner", caption_exact, TARGET_CAPTION)])
@@ -365,14 +408,15 @@ def first_index(texts, truths, length):
 AUDIO_EXAMPLE = first_index(audio_texts, audio_test.keys, LENGTHS[1])
 
 
-def draw_alignment(theme, batch=audio_test, texts=audio_texts, weights=audio_weights_test):
-    """Example AUDIO_EXAMPLE of ``batch``: its spectrogram, and the decoder's attention per digit."""
+def draw_alignment(theme, batch=audio_test, labels=None, rows=None, title=None):
+    """Example AUDIO_EXAMPLE of ``batch``: its spectrogram, and the decoder's attention per digit
+    (by default while it produces its own transcription; ``rows`` and ``labels`` override)."""
     c = colors(theme)
     keys = batch.keys[AUDIO_EXAMPLE]
     spans = frame_spans(batch)[AUDIO_EXAMPLE]
     spec = batch.features[AUDIO_EXAMPLE].T.numpy()                  # (bins, frames)
-    produced = texts[AUDIO_EXAMPLE] or "?"                          # (a quick run may produce nothing)
-    rows = weights[AUDIO_EXAMPLE, :len(produced)].numpy()
+    produced = labels or audio_texts[AUDIO_EXAMPLE] or "?"          # (a quick run may produce nothing)
+    rows = (audio_weights_test[AUDIO_EXAMPLE] if rows is None else rows)[:len(produced)].numpy()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.8, 4.6), sharex=True,
                                       gridspec_kw={"height_ratios": [1.1, 1.0]})
     hz = bin_frequencies(N_FFT, sample_rate=SAMPLE_RATE)[:spec.shape[0]].numpy()
@@ -395,9 +439,9 @@ def draw_alignment(theme, batch=audio_test, texts=audio_texts, weights=audio_wei
         bottom.plot(rows[i].argmax(), i, marker="x", color=c["palette"][3], ms=6, mew=1.6)
     bottom.set_yticks(range(len(produced)))
     bottom.set_yticklabels(list(produced))
-    bottom.set_ylabel("digit produced")
+    bottom.set_ylabel("digit produced" if labels is None else "key to predict")
     bottom.set_xlabel("time frame (10 ms each)")
-    bottom.set_title("cross-attention, row-scaled; boxes: the tone's centred frames; ×: peak")
+    bottom.set_title(title or "cross-attention, row-scaled; boxes: the tone's centred frames; ×: peak")
     for ax in (top, bottom):
         for spine in ax.spines.values():
             spine.set_visible(False)
@@ -407,8 +451,21 @@ def draw_alignment(theme, batch=audio_test, texts=audio_texts, weights=audio_wei
 
 ch.figure("audio-alignment", draw_alignment, fmt="png")
 # the same string, delayed (test time only): does the attention follow the tones?
+# The model's own output may be wrong there, so show the rows computed with the true keys fed
+# in (teacher forcing): row i is where it looks for the i-th tone, whatever it would produce.
+forced = forced_weights[AUDIO_EXAMPLE]
 ch.figure("audio-alignment-delayed",
-          lambda theme: draw_alignment(theme, audio_moved, moved_texts, moved_weights), fmt="png")
+          lambda theme: draw_alignment(theme, audio_moved, audio_moved.keys[AUDIO_EXAMPLE], forced,
+                                       "true keys fed in; boxes: the tone's centred frames; ×: peak"),
+          fmt="png")
+ch.markdown("delayed-example",
+            "For this delayed string the model itself produced "
+            + (f"“{moved_texts[AUDIO_EXAMPLE]}”" if moved_texts[AUDIO_EXAMPLE] else "nothing (its first token was `<eos>`)")
+            + f" against the keys “{audio_moved.keys[AUDIO_EXAMPLE]}”; with the true keys fed in, "
+              f"{sum(f <= int(r.argmax()) <= l for r, (f, l) in zip(forced, frame_spans(audio_moved)[AUDIO_EXAMPLE]))} "
+              f"of its {len(audio_moved.keys[AUDIO_EXAMPLE])} rows peak inside their own tone, and "
+              f"{sum(abs(int(r.argmax()) - f) <= 1 for r, f in zip(forced[:len(audio_moved.keys[AUDIO_EXAMPLE])], audio_fixed))} "
+              f"within one frame of where the fixed-position rule looks.")
 
 
 # %% [markdown]
@@ -525,10 +582,10 @@ ch.paper("xu2015", "a caption decoder's attention over image locations moves to 
               f"{pct(caption_shifted['peak'])} (fixed-position rule: {pct(caption_shifted['fixed'])})",
          section="the-paper-reproduced")
 
-ch.json("summary", {"audio": audio, "audio_touching": audio_touch, "audio_delayed": audio_shifted,
+ch.json("summary", {"audio": audio, "audio_touching": audio_touch, "audio_delayed": audio_shifted, "audio_delayed_forced": audio_forced,
                     "audio_fixed_frames": audio_fixed, "audio_mean_delay_frames": audio_delay,
                     "audio_median_offset": median_offset, "audio_at_onset": at_onset,
-                    "caption": caption, "caption_moved": caption_shifted, "caption_fixed_columns": caption_fixed,
+                    "caption": caption, "caption_moved": caption_shifted, "caption_moved_forced": caption_forced, "caption_fixed_columns": caption_fixed,
                     "caption_mean_shift_px": caption_shift,
                     "audio_seconds": audio_seconds, "caption_seconds": caption_history.seconds,
                     "num_frames": NUM_FRAMES})

@@ -171,6 +171,7 @@ def frame_span(segment: tuple[int, int], *, n_fft: int, hop: int, touching: bool
     return first, max(first, last)
 
 
+# --8<-- [start:delay]
 def delay_utterance(utterance: DtmfUtterance, samples: int) -> DtmfUtterance:
     """The same string started ``samples`` later: the wave rolled right, every segment shifted.
 
@@ -184,6 +185,7 @@ def delay_utterance(utterance: DtmfUtterance, samples: int) -> DtmfUtterance:
                          f"got {samples}")
     return DtmfUtterance(torch.roll(utterance.wave, samples, dims=-1), utterance.keys,
                          [(start + samples, end + samples) for start, end in utterance.segments])
+# --8<-- [end:delay]
 
 
 @dataclass

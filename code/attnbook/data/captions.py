@@ -128,6 +128,7 @@ def digit_string_images(images: Tensor, labels: Tensor, count: int, *, generator
 # --8<-- [end:strings]
 
 
+# --8<-- [start:shift]
 def shift_right(canvases: Tensor, boxes: list[list[tuple[int, int]]], *,
                 generator: torch.Generator) -> tuple[Tensor, list[list[tuple[int, int]]]]:
     """Move each string right by a uniform random 0 .. (free columns at its right) pixels.
@@ -148,6 +149,7 @@ def shift_right(canvases: Tensor, boxes: list[list[tuple[int, int]]], *,
         moved[row] = torch.roll(canvases[row], shift, dims=-1)
         moved_boxes.append([(left + shift, right + shift) for left, right in spots])
     return moved, moved_boxes
+# --8<-- [end:shift]
 
 
 def caption_batch(images: Tensor, labels: Tensor, count: int, *, generator: torch.Generator,

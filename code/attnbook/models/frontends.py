@@ -30,8 +30,9 @@ Tensor = torch.Tensor
 class FrameEmbedding(nn.Module):
     """x_t = LayerNorm(f_t) W + b + PE(t): one vector per spectrogram frame f_t ∈ ℝ^bins.
 
-    The LayerNorm per frame removes the frame's overall loudness (a constant added to a log
-    spectrum), so the projection sees the shape of the spectrum: which bins stand out.
+    The LayerNorm per frame removes the frame's overall level (what a louder recording adds
+    to every bin of a log spectrum), so the projection sees the shape of the spectrum: which
+    bins stand out.
     """
 
     def __init__(self, num_bins: int, d_model: int, *, dropout: float = 0.0):
