@@ -237,6 +237,12 @@ def score_contributions_unscaled(q, k):
 # --8<-- [end:neuron_unscaled]
 
 
+# --8<-- [start:padding_on_queries]
+def padding_mask_on_queries(attention_mask):
+    return attention_mask.bool()[:, None, :, None]  # BUG: hides padded QUERIES; every query still sees the padding
+# --8<-- [end:padding_on_queries]
+
+
 class Bug(NamedTuple):
     slug: str          # the snippet section above, and the appendix's anchor
     title: str
@@ -287,6 +293,8 @@ BUGS = [
         "exact for every block size", online_softmax_without_rescaling),
     Bug("fit_linear_axes", "A scaling exponent fitted on linear axes", "fit-exponent",
         "the slope in log-log space", fit_exponent_without_logs),
+    Bug("padding_on_queries", "A padding mask on the queries", "padding-mask",
+        "padded tokens are hidden as keys, from every query", padding_mask_on_queries),
     Bug("induction_duplicate", "An induction score one position off", "induction-score",
         "the weight on the token after the earlier occurrence", induction_score_off_by_one),
     Bug("patchify_reshape", "Patches cut with a reshape", "patchify",

@@ -1072,9 +1072,45 @@ NEURON = Exercise(
     _library_neuron,
 )
 
+# -- exercise: a padding mask from a tokenizer's attention_mask (chapter 17) -----------------
+
+def _padding_check(f):
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])   # Hugging Face: 1 = real token
+    got = f(attention_mask)
+    if not isinstance(got, Tensor) or got.dtype != torch.bool:
+        raise CheckFailed(f"expected a boolean tensor (True = may attend), got {getattr(got, 'dtype', type(got).__name__)}")
+    q, k, v = _rand(2, 3, 5, 4, seed=240), _rand(2, 3, 5, 4, seed=241), _rand(2, 3, 5, 4, seed=242)
+    try:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=got)
+    except RuntimeError:
+        raise CheckFailed(f"a mask of shape {tuple(got.shape)} does not broadcast to (batch, heads, q_len, k_len) = "
+                          "(2, 3, 5, 5): give it the shape (batch, 1, 1, k_len)") from None
+    expanded = got.expand(2, 3, 5, 5)
+    if not expanded[1, 0, 0, 3:].logical_not().all() or not expanded[1, 0, 3, :3].all():
+        raise CheckFailed("in the second sentence the padded positions 3 and 4 must be hidden as KEYS (columns) "
+                          "from every query, and every query (padded ones too) must still see the real keys; "
+                          f"your mask's first head is\n{expanded[1, 0].int().tolist()}")
+    _close("the output", out, F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask.bool()[:, None, None, :]))
+
+
+def _library_padding(attention_mask):
+    from .attention import key_padding_to_attn_mask
+    return key_padding_to_attn_mask(attention_mask.bool())
+
+
+PADDING = Exercise(
+    "padding-mask", "17. Inside a pretrained encoder", "real-models/pretrained-encoder.md",
+    "padding_mask(attention_mask) -> bool, broadcastable to (batch, heads, q_len, k_len), True = may attend; "
+    "attention_mask (batch, k_len) is a tokenizer's: 1 at real tokens, 0 at padding",
+    "padding_mask",
+    (Check("padded tokens are hidden as keys, from every query", "attention_mask.bool()[:, None, None, :]: the "
+           "padding is a property of the key j, so it broadcasts over heads and queries", _padding_check),),
+    _library_padding,
+)
+
 EXERCISES: dict[str, Exercise] = {e.name: e for e in (
     NADARAYA_WATSON, SDPA, ADDITIVE, CAUSAL_MASK, MULTI_HEAD, MERGE_HEADS, ROPE, DROPOUT, TOP_P, CAUSAL_ATTENTION,
-    GQA, QUERY_CHUNKS, WINDOW, LINFORMER, LINEAR, LSH, ONLINE, FIT, INDUCTION, PATCHIFY, SPECTROGRAM, LENGTH_PENALTY, NEURON, ROLLOUT)}
+    GQA, QUERY_CHUNKS, WINDOW, LINFORMER, LINEAR, LSH, ONLINE, FIT, PADDING, INDUCTION, PATCHIFY, SPECTROGRAM, LENGTH_PENALTY, NEURON, ROLLOUT)}
 
 
 # -- running ---------------------------------------------------------------------------------
