@@ -1,8 +1,9 @@
 """SmolLM2-135M through attnbook, and the StreamingLLM cache (chapter 18).
 
 The cache tests need no model (tiny random tensors, float64). The model tests load the
-dequantised SmolLM2 once per module (under a second once ``.cache/smollm2`` exists; about
-20 s the first time) and skip with a reason when the package is missing.
+dequantised SmolLM2 once per module (a few seconds once ``.cache/smollm2`` exists, most of
+it importing transformers; about 20 s more the first time) and skip with a reason when the
+package is missing.
 
 Tolerances:
 - streaming_attention vs SinkWindowCache token by token, float64: the same scores up to
@@ -11,9 +12,11 @@ Tolerances:
 - Recomputed attention vs the model's own ``output_attentions``, float32: the same
   equations with products taken in another order and RoPE angles computed in float64
   (Hugging Face: float32); measured < 1e-6 on a 20-token input, allowed 1e-5 (the chapter
-  requires 1e-4 on longer inputs). The wrong RoPE layout errs by ~1.
+  requires 1e-4 on longer inputs). The wrong RoPE layout errs by ~1, and so does ignoring
+  position_ids when the positions jump inside the sequence (> 0.1 required).
 - The whole stack through attnbook vs the model's logits (values of order 10-20): rounding
-  carried through 30 layers; measured ~7e-5, allowed 1e-3.
+  carried through 30 layers; measured ~7e-5, allowed 1e-3. The same bound for a head
+  ablated by ``zero_heads`` against the model with that head's columns of W_O zeroed.
 - Chunked streaming forward vs token-by-token decoding, float32 logits: measured ~2e-4,
   allowed 2e-3 (a wrong sink position or window moves logits by ~1).
 """
@@ -130,16 +133,22 @@ def test_loader_gives_thirty_layers_of_nine_query_and_three_kv_heads(smollm2):
 
 
 @needs_model
-@pytest.mark.parametrize("shift", [0, 37])
-def test_every_layer_recomputed_with_rope_and_gqa_matches_the_model(smollm2, shift):
+@pytest.mark.parametrize("gap", [0, 37])
+def test_every_layer_recomputed_with_rope_and_gqa_matches_the_model(smollm2, gap):
     from attnbook.models.pretrained import smollm2_attention_via_attnbook, smollm2_attentions
 
     model, _, ids = smollm2
-    positions = torch.arange(ids.shape[1])[None] + shift  # per-sequence positions
+    # A jump of `gap` positions inside the sequence, as left padding or a cache produce. A
+    # constant shift of every position would prove nothing: RoPE scores depend only on
+    # differences of positions, so code that ignored position_ids would pass it too.
+    positions = torch.arange(ids.shape[1])[None].clone()
+    positions[:, ids.shape[1] // 2:] += gap
     ours = smollm2_attention_via_attnbook(model, ids, positions)
     theirs = smollm2_attentions(model, ids, positions)
     assert ours.shape == (30, 1, 9, ids.shape[1], ids.shape[1])
     torch.testing.assert_close(ours, theirs, atol=RECOMPUTE_ATOL, rtol=0)
+    if gap:  # the check can fail: the same code without the positions misses by far more
+        assert (smollm2_attention_via_attnbook(model, ids) - theirs).abs().max() > 0.1
 
 
 @needs_model
@@ -159,6 +168,28 @@ def test_the_whole_stack_through_attnbook_gives_the_models_logits(smollm2):
     with torch.no_grad():
         expected = model(ids).logits
     torch.testing.assert_close(smollm2_forward(model, ids), expected, atol=STACK_LOGITS_ATOL, rtol=0)
+
+
+@needs_model
+def test_zeroing_a_head_equals_zeroing_its_columns_of_the_output_projection(smollm2):
+    from attnbook.models.pretrained import smollm2_forward
+
+    model, _, ids = smollm2
+    layer, head, head_dim = 3, 7, 64
+    weight = model.model.layers[layer].self_attn.o_proj.weight
+    saved = weight[:, head * head_dim:(head + 1) * head_dim].clone()
+    try:  # the reference: the model itself, with the head's input columns of W_O set to 0
+        with torch.no_grad():
+            weight[:, head * head_dim:(head + 1) * head_dim] = 0
+            expected = model(ids).logits
+    finally:
+        with torch.no_grad():
+            weight[:, head * head_dim:(head + 1) * head_dim] = saved
+    got = smollm2_forward(model, ids, zero_heads=[(layer, head)])
+    torch.testing.assert_close(got, expected, atol=STACK_LOGITS_ATOL, rtol=0)
+    assert (got - smollm2_forward(model, ids)).abs().max() > 10 * STACK_LOGITS_ATOL  # it did something
+    with pytest.raises(ValueError, match="is not a \\(layer, head\\)"):
+        smollm2_forward(model, ids, zero_heads=[(30, 0)])
 
 
 @needs_model

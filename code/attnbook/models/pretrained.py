@@ -378,9 +378,10 @@ def smollm2_cache_dir(path: Path | None = None) -> Path:
 def load_smollm2(device: str | torch.device = "cpu"):
     """SmolLM2-135M-Instruct as ``(model, tokenizer)``: float32, eager attention, eval mode.
 
-    The first call dequantises the package's 4-bit GGUF file with transformers (about
-    20 s on two CPU cores) and saves the float32 weights, config and tokenizer in
-    ``smollm2_cache_dir()`` (about 540 MB); later calls load that copy in under a second.
+    The first call dequantises the package's quantised GGUF file (Q4_1 weights, the token
+    embedding in Q8_0) with transformers (about 20 s on two CPU cores) and saves the float32
+    weights, config and tokenizer in ``smollm2_cache_dir()`` (about 540 MB); later calls
+    load that copy in a few seconds, most of it importing transformers.
     Nothing is fetched from a hub: ``HF_HUB_OFFLINE=1`` and ``local_files_only=True``.
     """
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -490,7 +491,7 @@ def smollm2_attention_via_attnbook(model, input_ids: Tensor, position_ids: Tenso
     """Every layer's probabilities, (layers, batch, heads, seq, seq), each layer recomputed
     from the input the model gave it (``hidden_states[i]`` enters layer i)."""
     position_ids = _positions(input_ids, position_ids)
-    out = model(input_ids=input_ids, position_ids=position_ids, output_hidden_states=True)
+    out = model.model(input_ids=input_ids, position_ids=position_ids, output_hidden_states=True)  # no lm_head
     base = smollm2_rope_base(model)
     return torch.stack([
         smollm2_layer_attention_probs(layer, hidden, position_ids, rope_base=base, layout=layout)
@@ -502,7 +503,7 @@ def smollm2_attention_via_attnbook(model, input_ids: Tensor, position_ids: Tenso
 def smollm2_attentions(model, input_ids: Tensor, position_ids: Tensor | None = None) -> Tensor:
     """The model's own attention probabilities, (layers, batch, heads, seq, seq)."""
     position_ids = _positions(input_ids, position_ids)
-    out = model(input_ids=input_ids, position_ids=position_ids, output_attentions=True)
+    out = model.model(input_ids=input_ids, position_ids=position_ids, output_attentions=True)
     if not out.attentions or any(a is None for a in out.attentions):
         raise RuntimeError("the model returned no attention weights: load it with "
                            "attn_implementation='eager' (see load_smollm2)")
@@ -519,24 +520,36 @@ def _mlp(layer, a: Tensor) -> Tensor:
 # --8<-- [start:smollm2_forward]
 @torch.no_grad()
 def smollm2_forward(model, input_ids: Tensor, *, window: int | None = None,
-                    sinks: int = 0) -> Tensor:
+                    sinks: int = 0, zero_heads=()) -> Tensor:
     """SmolLM2's whole forward pass through attnbook: logits (batch, seq, vocab).
 
     ``window=None``: ordinary causal attention over the whole prefix (dense). Otherwise
     every layer attends as a streaming cache would (``streaming_attention``): each token
     sees the first ``sinks`` tokens and the ``window`` most recent ones (itself included),
     with RoPE positions assigned *within that cache*, as StreamingLLM does.
+    ``zero_heads``: (layer, head) pairs whose output is set to zero before ``W_O``
+    (an ablation: the head then adds nothing to the residual stream).
     """
     check_rank("input_ids", input_ids, 2, "(batch, seq)")
+    layers = model.model.layers
+    num_heads = model.config.num_attention_heads
+    ablate: dict[int, list[int]] = {}
+    for layer_index, head in zero_heads:
+        if not (0 <= layer_index < len(layers) and 0 <= head < num_heads):
+            raise ValueError(f"zero_heads: ({layer_index}, {head}) is not a (layer, head) of a model "
+                             f"with {len(layers)} layers of {num_heads} heads")
+        ablate.setdefault(int(layer_index), []).append(int(head))
     base = smollm2_rope_base(model)
     hidden = model.model.embed_tokens(input_ids)  # (batch, seq, d_model)
-    for layer in model.model.layers:
+    for index, layer in enumerate(layers):
         q, k, v = smollm2_qkv(layer, hidden)
         if window is None:
             q, k = (apply_rope(t, base=base) for t in (q, k))  # positions 0 .. seq-1
             heads = grouped_query_attention(q, k, v, causal=True)
         else:
             heads = streaming_attention(q, k, v, window=window, sinks=sinks, base=base)
+        if index in ablate:
+            heads[:, ablate[index]] = 0                        # (batch, heads, seq, head_dim)
         hidden = hidden + F.linear(merge_heads(heads), layer.self_attn.o_proj.weight)
         hidden = hidden + _mlp(layer, hidden)
     return model.lm_head(_rms_norm(hidden, model.model.norm))
