@@ -289,7 +289,7 @@ split = {name: (part_mean(c, while_evidence, mixed), part_mean(c, while_evidence
 ch.table("deletion-split", ["method",
                             f"mixed polarities ({int(mixed.sum())} sequences): mean over k = 1..|E|",
                             f"one polarity ({int((~mixed).sum())} sequences): mean over k = 1..|E|",
-                            f"all: mean over k > |E| (every polarity word masked)"],
+                            "all: mean over k > |E| (every polarity word masked)"],
          [[name] + [f"{v:.3f}" for v in values] for name, values in split.items()])
 with torch.no_grad():
     no_evidence = conf(torch.where(evidence, MASK, test_tokens)).mean().item()
