@@ -1,7 +1,25 @@
-"""Small helpers shared by the mechanism tests."""
+"""Small helpers shared by the tests."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import torch
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def chapter_numbers() -> dict[int, Path]:
+    """Number -> page, from each page's numbered H1 ('# 3. Additive ...')."""
+    pages = {}
+    for page in DOCS.rglob("*.md"):
+        if "generated" in page.relative_to(DOCS).parts:
+            continue
+        first = page.read_text(encoding="utf-8").split("\n", 1)[0]
+        match = re.match(r"# (\d+)\. ", first)
+        if match:
+            pages[int(match.group(1))] = page
+    return pages
 
 
 def random_qkv(seq, *, batch=2, heads=3, kv_heads=None, head_dim=4, seed=0, dtype=torch.float64):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from attnbook.chapter import MEASURED_FIGURES
+from helpers import chapter_numbers
 
 REPO = Path(__file__).resolve().parents[1]
 SLUGS = sorted(p.stem for p in (REPO / "code" / "chapters").glob("*.py") if not p.name.startswith("_"))
@@ -151,19 +152,6 @@ def test_captions_and_alt_text_hold_in_both_themes():
     script = (REPO / "docs" / "javascripts" / "explorer.js").read_text()
     found += [f"explorer.js: {m.group(0)}" for m in re.finditer(r"darker[^\"`]*", script)]
     assert not found, "captions that only hold in one theme:\n" + "\n".join(found)
-
-
-def chapter_numbers() -> dict[int, Path]:
-    """Number -> page, from each page's numbered H1 ('# 3. Additive ...')."""
-    pages = {}
-    for page in (REPO / "docs").rglob("*.md"):
-        if "generated" in page.relative_to(REPO / "docs").parts:
-            continue
-        first = page.read_text(encoding="utf-8").split("\n", 1)[0]
-        match = re.match(r"# (\d+)\. ", first)
-        if match:
-            pages[int(match.group(1))] = page
-    return pages
 
 
 def test_every_mention_of_an_existing_chapter_is_a_link_to_it():
