@@ -103,7 +103,10 @@ def test_chapter_writes_every_file_its_page_references(slug, quick_runs):
 def test_figures_are_byte_identical_across_runs(slug, quick_runs):
     (first, _), (second, _) = quick_runs[slug]
     a, b = digest(first), digest(second)
-    assert a, f"{slug} wrote no figures"
+    if not a:  # an appendix that only writes tables (the papers index) may draw nothing
+        page = next(p for p in (REPO / "docs").rglob(f"{slug}.md") if "generated" not in p.parts)
+        assert page.read_text(encoding="utf-8").startswith("# Appendix"), f"{slug} wrote no figures"
+        return
     # figures drawn from timings are declared with ch.figure(..., measured=True)
     listing = first / MEASURED_FIGURES
     measured = set(listing.read_text().split()) if listing.exists() else set()

@@ -401,7 +401,7 @@ for tag, results in recorded.items():
                      f"Recorded {kind} run, relative error against exact attention at "
                      f"$n = {results['config']['error_len']}$ (float64), per input kind; "
                      "a bar past the dotted line at 1 is worse than answering zero."),
-        "Raw data: " + ", ".join(f"[`{f}`](../generated/benchmarks/{f})" for f in files) + ".",
+        "Raw data: " + ", ".join(f"[{f}](../generated/benchmarks/{f})" for f in files) + ".",
         "",
     ]))
     recorded_summary[tag] = {"gpu": on_gpu, "stale": len(bench.stale_mechanisms(results, current_hashes)),
@@ -458,7 +458,7 @@ else:
     ch.markdown("live-check", "")
 ch.markdown("live-downloads",
             "Raw data of the live run: " + ", ".join(
-                f"[`{f}`](../generated/benchmarks/{f})" for f in live_files) + ".")
+                f"[{f}](../generated/benchmarks/{f})" for f in live_files) + ".")
 
 # The live run beside the recorded CPU run: the same ratio to SDPA at the same length.
 if cpu_tag is not None:

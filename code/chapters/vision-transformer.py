@@ -522,7 +522,7 @@ for i in EXAMPLES:
         "image": {"pixels": ink_dark[..., None].expand(-1, -1, 3).numpy(), "patch_grid": [GRID, GRID],
                   "first_patch": 1},
     })
-ch.json("explorer", explorer_json(
+explorer_path = ch.json("explorer", explorer_json(
     "the chapter's ViT", explorer_examples,
     description="Query [CLS] or a patch; the image shades each patch by the chosen head's weight."))
 
