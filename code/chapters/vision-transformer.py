@@ -32,8 +32,8 @@ from attnbook.viz import attention_cmap, colors
 from attnbook.viz.explorer import explorer_json
 
 # Models of 25-27 thousand parameters: one thread is as fast as two.
-ch.one_thread_on_cpu()
 ch.seed(0)
+ch.one_thread_on_cpu()
 
 # %% [markdown]
 # ## 1. The data
