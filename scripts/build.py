@@ -267,7 +267,7 @@ def run_chapter(layout: Layout, slug: str, device: str, quick: bool, timeout: in
     layout.work.mkdir(parents=True, exist_ok=True)
     layout.generated.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{slug}-", dir=layout.work))
-    env = {**os.environ, "ATTNBOOK_DEVICE": device, "ATTNBOOK_QUICK": "1" if quick else "",
+    env = {**os.environ, "ATTNBOOK_DEVICE": device, "ATTNBOOK_QUICK": "1" if quick else "", "ATTNBOOK_SIZE": "",
            "ATTNBOOK_OUT": str(tmp), "ATTNBOOK_BUILD": "1", "ATTNBOOK_GENERATED": str(layout.generated), "OMP_NUM_THREADS": str(threads), "ATTNBOOK_CORES": str(threads), "MPLBACKEND": "Agg",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0",
            "PYDEVD_DISABLE_FILE_VALIDATION": "1"}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnbook.chapter import Chapter
+from attnbook.chapter import Chapter, choose_size
 from attnbook.device import resolve_device
 from attnbook.viz import THEMES, animate_heatmaps, head_grid, heatmap, save_themed, token_links
 
@@ -73,6 +73,35 @@ def test_chapter_reads_its_options_from_the_command_line(tmp_path):
     assert ch.pick(100, 10) == 10
 
 
+@pytest.mark.parametrize("size, device, quick, chosen", [
+    ("auto", "cpu", False, "full"), ("auto", "cuda", False, "large"), ("auto", "cuda", True, "quick"),
+    ("quick", "cuda", False, "quick"), ("full", "cuda", False, "full"), ("large", "cpu", False, "large"),
+])
+def test_the_size_is_large_on_a_gpu_unless_asked_otherwise(size, device, quick, chosen):
+    assert choose_size(size, device, quick) == chosen
+
+
+def test_a_size_that_contradicts_quick_or_is_unknown_is_refused():
+    with pytest.raises(ValueError, match="--quick and --size large contradict"):
+        choose_size("large", "cpu", quick=True)
+    with pytest.raises(ValueError, match=r"size must be one of .*got 'huge'"):
+        choose_size("huge", "cpu")
+
+
+def test_pick_takes_the_large_value_only_at_the_large_size(tmp_path):
+    large = Chapter("demo", ["--device", "cpu", "--size", "large", "--out", str(tmp_path)])
+    full = Chapter("demo", ["--device", "cpu", "--out", str(tmp_path)])
+    assert large.large and not large.quick and not full.large
+    assert large.pick(100, 10, large=1000) == 1000 and large.pick(100, 10) == 100
+    assert full.pick(100, 10, large=1000) == 100
+
+
+def test_a_bad_size_on_the_command_line_names_the_option(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        Chapter("demo", ["--device", "cpu", "--quick", "--size", "large", "--out", str(tmp_path)])
+    assert "--quick and --size large" in capsys.readouterr().err
+
+
 def test_chapter_reads_its_options_from_the_build_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNBOOK_OUT", str(tmp_path / "built"))
     monkeypatch.setenv("ATTNBOOK_QUICK", "1")
@@ -130,7 +159,7 @@ def test_length_panels_label_the_bins_and_shade_unseen_lengths():
 def test_in_background_forks_only_with_a_spare_core(monkeypatch, tmp_path):
     import os
 
-    from attnbook.chapter import Chapter
+    from attnbook.chapter import Chapter, choose_size
 
     ch = Chapter("demo", ["--device", "cpu", "--out", str(tmp_path)])
     monkeypatch.setenv("ATTNBOOK_CORES", "1")              # the build's share with 2 jobs on 2 cores

@@ -3,7 +3,7 @@
 A chapter script is run two ways: by a reader (``python code/chapters/<slug>.py
 --device cuda``) and by ``scripts/build.py``, which executes it as a notebook and passes
 the same options through environment variables (``ATTNBOOK_DEVICE``, ``ATTNBOOK_QUICK``,
-``ATTNBOOK_OUT``). Everything the chapter page shows is written through ``Chapter``:
+``ATTNBOOK_SIZE``, ``ATTNBOOK_OUT``). Everything the chapter page shows is written through ``Chapter``:
 figures (light and dark), Markdown tables and sentences that the page includes, JSON.
 """
 from __future__ import annotations
@@ -42,6 +42,25 @@ if IN_CLONE:
 MEASURED_FIGURES = "measured-figures.txt"  # figures drawn from timings (see Chapter.figure)
 PAPERS = "papers.json"  # published numbers beside the book's (see Chapter.paper)
 _CITE_KEY = re.compile(r"^[a-z]+[0-9]{4}[a-z0-9]*$")
+SIZES = ("auto", "quick", "full", "large")
+
+
+def choose_size(size: str, device_type: str, quick: bool = False) -> str:
+    """The size a chapter runs at: ``quick``, ``full`` or ``large``.
+
+    ``auto`` (the default) is ``large`` on a GPU and ``full`` anywhere else; ``--quick`` is
+    ``--size quick``. ``--size large`` runs the GPU sizes on any device (slowly on a CPU),
+    and ``--size full`` the CPU sizes on a GPU.
+    """
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    if quick:
+        if size not in ("auto", "quick"):
+            raise ValueError(f"--quick and --size {size} contradict each other: give one of them")
+        return "quick"
+    if size == "auto":
+        return "large" if device_type == "cuda" else "full"
+    return size
 
 
 def _in_notebook() -> bool:
@@ -89,8 +108,8 @@ def _show_image(path: Path, alt: str) -> None:
 class Chapter:
     """Options and output writers of one chapter script.
 
-    ``Chapter("multi-head")`` reads ``--device {auto,cpu,cuda}``, ``--quick`` and ``--out``
-    from the command line (or the ``ATTNBOOK_*`` variables set by the build) and creates
+    ``Chapter("multi-head")`` reads ``--device {auto,cpu,cuda}``, ``--size
+    {auto,quick,full,large}`` (``--quick`` for short) and ``--out`` from the command line (or the ``ATTNBOOK_*`` variables set by the build) and creates
     the output folder, ``docs/generated/<slug>/`` by default.
     """
 
@@ -99,7 +118,9 @@ class Chapter:
         parser.add_argument("--device", choices=CHOICES, default=os.environ.get("ATTNBOOK_DEVICE", "auto"))
         parser.add_argument("--quick", action="store_true",
                             default=os.environ.get("ATTNBOOK_QUICK", "") not in ("", "0"),
-                            help="smaller sizes, for tests: same outputs, less work")
+                            help="smaller sizes, for tests: same outputs, less work (= --size quick)")
+        parser.add_argument("--size", default=os.environ.get("ATTNBOOK_SIZE") or "auto", choices=SIZES,
+                            help="auto: large on a GPU, full otherwise; large runs the GPU sizes on any device")
         parser.add_argument("--out", default=os.environ.get("ATTNBOOK_OUT"),
                             help="output folder (default: docs/generated/<slug>)")
         in_notebook = argv is None and _in_notebook()
@@ -112,7 +133,14 @@ class Chapter:
             if in_notebook:
                 raise
             parser.exit(2, f"error: {exc}\n")
-        self.quick = bool(args.quick)
+        try:
+            self.size = choose_size(args.size, self.device.type, bool(args.quick))
+        except ValueError as exc:
+            if in_notebook:
+                raise
+            parser.exit(2, f"error: {exc}\n")
+        self.quick = self.size == "quick"
+        self.large = self.size == "large"
         by_build = os.environ.get("ATTNBOOK_BUILD") == "1"
         self._out_given = bool(args.out) and not by_build   # a reader's own --out, not the build's folder
         self.out = Path(args.out) if args.out else default_out(slug)
@@ -122,7 +150,7 @@ class Chapter:
         self._write_papers()  # every chapter has the file, so the papers index can rely on it
         # the build writes into a temporary folder that then replaces docs/generated/<slug>
         shown = f"docs/generated/{slug}" if by_build else self.out
-        print(f"[{slug}] device: {describe(self.device)}; quick: {self.quick}; out: {shown}")
+        print(f"[{slug}] device: {describe(self.device)}; size: {self.size}; out: {shown}")
         if not by_build and IN_CLONE and self.out.resolve() == default_out(slug).resolve():
             print(f"[{slug}] note: this run writes into the book's docs/generated/{slug}/; the site does not "
                   "publish outputs the build did not write: `python scripts/build.py` runs the chapter again.")
@@ -204,9 +232,14 @@ class Chapter:
             return result
         return wait
 
-    def pick(self, full, quick):
-        """``quick`` in quick mode (tests), ``full`` otherwise."""
-        return quick if self.quick else full
+    def pick(self, full, quick, large=None):
+        """``quick`` in quick mode (tests), ``large`` at the large size (a GPU's default) when
+        given, ``full`` otherwise."""
+        if self.quick:
+            return quick
+        if self.large and large is not None:
+            return large
+        return full
 
     # -- writers ------------------------------------------------------------------------
     def _record(self, path: Path) -> Path:

@@ -72,7 +72,7 @@ split = int(0.9 * len(ids))
 train_ids, val_ids = ids[:split], ids[split:]
 
 # --8<-- [start:sizes]
-if on_gpu:
+if ch.large:   # a GPU's default size (--size large on any device)
     config = GPTConfig(len(vocab), max_len=ch.pick(128, 64), d_model=ch.pick(192, 64), num_heads=ch.pick(6, 4),
                        num_layers=ch.pick(4, 2), dropout=ch.pick(0.2, 0.1))
     BATCH, STEPS, LR = ch.pick(64, 16), ch.pick(2000, 300), ch.pick(1e-3, 3e-3)

@@ -139,8 +139,8 @@ assert max_diff_64 < 1e-10 and max_diff_32 < 1e-4
 
 # %%
 HEAD_DIM = 16
-SEQ = ch.pick(4096 if on_gpu else 2048, 256)
-SAMPLES = ch.pick(32 if on_gpu else 24, 4)
+SEQ = ch.pick(2048, 256, large=4096)
+SAMPLES = ch.pick(24, 4, large=32)
 FEATURES = ch.pick([4, 8, 16, 32, 64, 128, 256], [8, 16, 128])
 VARIANTS = [  # (label, features, orthogonal)
     ("positive, orthogonal (FAVOR+)", "positive", True),
@@ -356,7 +356,7 @@ ch.markdown("denominators-summary", (
 # %%
 DEC_HEADS, DEC_DIM = 8, 64
 DEC_LENGTHS = ch.pick([1, 32, 128, 256, 512, 1024, 2048, 3072, 4096, 8192, 16384]
-                      + ([65536] if on_gpu else []), [1, 128, 512, 2048])
+                      + ([65536] if ch.large else []), [1, 128, 512, 2048])
 gen = ch.seed(30)
 cache_k, cache_v = (torch.randn(1, DEC_HEADS, max(DEC_LENGTHS), DEC_DIM, generator=gen).to(device)
                     for _ in range(2))

@@ -192,12 +192,11 @@ ids = vocab.encode(text)
 split = int(0.9 * len(ids))
 train_ids, held_ids = ids[:split], ids[split:]
 
-on_gpu = device.type == "cuda"
 TRAIN_LEN = 32
 FACTORS = ch.pick([1, 2, 3, 4, 6, 8], [1, 2, 8])
 D_MODEL, HEADS, LAYERS = 64, 4, 2
-BATCH = ch.pick(64 if on_gpu else 32, 16)
-STEPS = ch.pick(1500 if on_gpu else 400, 40)
+BATCH = ch.pick(32, 16, large=64)
+STEPS = ch.pick(400, 40, large=1500)
 config = TrainConfig(steps=STEPS, lr=3e-3, warmup_steps=ch.pick(40, 4), min_lr_ratio=0.1, seed=1)
 T5_BUCKETS = 16  # PositionLM's default t5_buckets
 t5_start = last_bucket_start(T5_BUCKETS, TRAIN_LEN, bidirectional=False)[1]

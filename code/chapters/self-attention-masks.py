@@ -71,11 +71,10 @@ ids = vocab.encode(text)
 split = int(0.9 * len(ids))
 train_ids, held_ids = ids[:split], ids[split:]
 
-on_gpu = device.type == "cuda"
 SEQ = 64
 D_MODEL, HEADS, LAYERS = ch.pick(64, 32), 4, 2
-BATCH = ch.pick(64 if on_gpu else 32, 16)
-STEPS = ch.pick(3000 if on_gpu else 900, 60)
+BATCH = ch.pick(32, 16, large=64)
+STEPS = ch.pick(900, 60, large=3000)
 config = TrainConfig(steps=STEPS, lr=3e-3, warmup_steps=ch.pick(50, 5), min_lr_ratio=0.1, seed=1)
 
 

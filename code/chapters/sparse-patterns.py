@@ -285,7 +285,7 @@ ch.markdown("equal-verdict",
 
 # %%
 on_gpu = device.type == "cuda"
-LENGTHS = ch.pick([4096, 8192, 16384, 32768] if on_gpu else [512, 1024, 2048, 4096], [256, 512])
+LENGTHS = ch.pick([512, 1024, 2048, 4096], [256, 512], large=[4096, 8192, 16384, 32768])
 HEADS, HEAD_DIM, BW = 4, 64, 64
 
 
