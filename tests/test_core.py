@@ -159,7 +159,7 @@ def test_length_panels_label_the_bins_and_shade_unseen_lengths():
 def test_in_background_forks_only_with_a_spare_core(monkeypatch, tmp_path):
     import os
 
-    from attnbook.chapter import Chapter, choose_size
+    from attnbook.chapter import Chapter
 
     ch = Chapter("demo", ["--device", "cpu", "--out", str(tmp_path)])
     monkeypatch.setenv("ATTNBOOK_CORES", "1")              # the build's share with 2 jobs on 2 cores

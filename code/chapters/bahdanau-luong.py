@@ -534,6 +534,7 @@ ch.markdown("exercise-6-summary", (
     f"the two shares are {narrow_any:.0%} and {narrow_middle:.0%}."))
 
 ch.json("summary", {
+    "sizes": {"pairs": len(train_pairs), "steps": STEPS, "per_bin": PER_BIN},   # read by chapter 21
     "quality": {k: {bin_name(b): list(quality[k][b]) for b in TEST_BINS} for k in KINDS},
     "bleu_all": bleu_all, "aer": aer, "aer_diagonal": aer_diagonal,
     "seconds": {k: histories[k].seconds for k in KINDS},

@@ -26,9 +26,10 @@ import sacrebleu
 import torch
 
 from attnbook.data.translation import (TEST_BINS, TRAIN_MAX_LEN, benchmark_data, benchmark_task,
-                                       corpus_alignment_error_rate, links_from_attention)
+                                       bucketed_batches, corpus_alignment_error_rate, links_from_attention)
 from attnbook.decoding import beam_search, encoder_decoder_step, length_penalty
 from attnbook.models.transformer import EncoderDecoder, greedy_decode
+from attnbook.train import TrainConfig, train
 from attnbook.viz import attention_cmap, colors, heatmap, length_panels
 
 # Tiny model: per-operation overhead dominates, and one thread is as fast as two.
@@ -36,25 +37,86 @@ ch.one_thread_on_cpu()
 
 # %% [markdown]
 # ## 1. Chapter 7's model, chapter 3's test split
+#
+# At the full (CPU) size the chapter loads the model chapter 7 trained and saved. At the large
+# size (the default with --device cuda) it trains a larger one itself, with chapter 7's recipe,
+# on more of chapter 3's training pairs, and tests it on more sentences per length bin.
 
 # %%
-# --8<-- [start:load]
-checkpoint = torch.load(ch.needs("transformer", "model.pt"), map_location="cpu")
-model = EncoderDecoder(**checkpoint["config"]).to(ch.device).eval()
-model.load_state_dict(checkpoint["state"])
-# --8<-- [end:load]
+# The sizes of chapters 3 and 7's own runs (neither has a large size), as they recorded them:
+# the training pairs, steps and test sentences per bin. The comparisons below assume that the two
+# chapters share them; if one of them changes, this chapter stops rather than print a false setup.
+THEIRS = torch.load(ch.needs("transformer", "model.pt"), map_location="cpu")["sizes"]
+# The large size: the Transformer this chapter trains, on a superset of those pairs (benchmark_data
+# draws the first n of a seeded stream), tested on the same sentences; a per_bin above 80 tests on
+# a superset of them. On the CPU its beam search costs about 5 times the full size's per sentence
+# and beam slot (no key-value cache), which is what keeps the test set and the beam widths there.
+LARGE = {"d_model": 128, "num_heads": 8, "num_layers": 3, "d_ff": 512,
+         "pairs": 32_000, "steps": 1000, "lr": 3e-3, "warmup": 100, "per_bin": 80}
 task = benchmark_task()
-PER_BIN = ch.pick(80, 4)
-_, test_pairs = benchmark_data(task, 1, PER_BIN)       # the test bins have their own seeds
 PAD, BOS, EOS = task.source_vocab.pad_id, task.target_vocab.bos_id, task.target_vocab.eos_id
+
+
+# --8<-- [start:load]
+def chapter7_model():
+    """Chapter 7's trained Transformer, as chapter 7 saved it: (model, checkpoint)."""
+    checkpoint = torch.load(ch.needs("transformer", "model.pt"), map_location="cpu")
+    model = EncoderDecoder(**checkpoint["config"]).to(ch.device).eval()
+    model.load_state_dict(checkpoint["state"])
+    return model, checkpoint
+# --8<-- [end:load]
+
+
+# --8<-- [start:train-large]
+class Translator(EncoderDecoder):
+    """``EncoderDecoder`` that computes the key-padding mask from the source (True = real
+    word) when none is given, so that ``train`` can call it as model(src, tgt_in)."""
+
+    def forward(self, src, tgt_in, *, src_key_padding_mask=None):
+        mask = src != PAD if src_key_padding_mask is None else src_key_padding_mask
+        return super().forward(src, tgt_in, src_key_padding_mask=mask)
+
+
+def larger_model():
+    """The large size's Transformer: chapter 7's recipe (pre-LN, AdamW, warm-up + cosine,
+    label smoothing 0.1, gradient clipping, no dropout), larger and on more pairs."""
+    train_pairs, _ = benchmark_data(task, LARGE["pairs"], 1)   # chapter 7's 16,000 come first
+    batches = bucketed_batches(task, train_pairs, 64)          # chapter 7's batch size
+
+    def make_batch(generator):
+        b = batches[int(torch.randint(len(batches), (1,), generator=generator))]
+        return (b.src, b.tgt_in), b.tgt_out
+
+    config = {"src_vocab": len(task.source_vocab), "tgt_vocab": len(task.target_vocab),
+              "dropout": 0.0, "norm_first": True, "tie_output": False,
+              **{key: LARGE[key] for key in ("d_model", "num_heads", "num_layers", "d_ff")}}
+    ch.seed(0)
+    model = Translator(**config)
+    history = train(model, make_batch, TrainConfig(
+        steps=LARGE["steps"], lr=LARGE["lr"], warmup_steps=LARGE["warmup"], weight_decay=0.01,
+        betas=(0.9, 0.98), label_smoothing=0.1, clip_norm=1.0, amp=ch.device.type == "cuda",
+        progress=None, seed=0), device=ch.device)
+    print(f"trained {LARGE['steps']} steps in {history.seconds:.0f} s, final loss "
+          f"{np.mean(history.loss[-20:]):.3f}")
+    return model.eval(), {"config": config}
+# --8<-- [end:train-large]
+
+
+model, checkpoint = larger_model() if ch.large else chapter7_model()
+PER_BIN = ch.pick(THEIRS["per_bin"], 4, large=LARGE["per_bin"])
+_, test_pairs = benchmark_data(task, 1, PER_BIN)       # the test bins have their own seeds
 NUM_TEST = sum(len(p) for p in test_pairs.values())
 config = checkpoint["config"]
 LAYERS, HEADS = config["num_layers"], config["num_heads"]
-print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, {LAYERS} + {LAYERS} layers, "
+PARAMETERS = sum(p.numel() for p in model.parameters())
+print(f"model: {PARAMETERS:,} parameters, {LAYERS} + {LAYERS} layers, "
       f"{HEADS} heads" + (" (saved by a --quick run of chapter 7)" if checkpoint.get("quick") else ""))
 
 BEAM, ALPHA = 4, 0.6                  # Vaswani et al. §6.1: beam size 4, length penalty α = 0.6
-WIDTHS = ch.pick([1, 2, 4, 8], [1, 2])
+SWEEPS = {"full": ([1, 2, 4, 8], [0.0, ALPHA, 1.0, 1.5]),            # beam widths, Wu's α at width 4
+          "quick": ([1, 2], [0.0, ALPHA]),
+          "large": ([1, 2, 4, 8], [0.0, ALPHA, 1.0, 2.0])}
+WIDTHS, ALPHAS = ch.pick(SWEEPS["full"], SWEEPS["quick"], large=SWEEPS["large"])
 
 
 def all_pairs(by_bin):
@@ -108,7 +170,7 @@ CLOCK = "seconds" if ch.device.type == "cuda" else "CPU seconds"
 def evaluate(beam_width=None, alpha=ALPHA):
     """bin -> (BLEU, exact match, cut by the cap); BLEU over all (and sacreBLEU's whole result,
     with its brevity penalty and n-gram precisions); seconds; outputs."""
-    by_bin, hyps, refs, seconds, outputs = {}, [], [], 0.0, {}
+    by_bin, hyps, refs, seconds, outputs, bin_hyps = {}, [], [], 0.0, {}, {}
     for bin_, pairs in test_pairs.items():
         start = clock()
         tokens = translate(pairs, beam_width, alpha)
@@ -123,15 +185,16 @@ def evaluate(beam_width=None, alpha=ALPHA):
         hyps += hypotheses
         refs += references
         outputs[bin_] = tokens
+        bin_hyps[bin_] = hypotheses
     corpus = sacrebleu.corpus_bleu(hyps, [refs])
     return {"bins": by_bin, "bleu": corpus.score, "sacrebleu": corpus, "seconds": seconds,
-            "outputs": outputs, "hyps": hyps, "length": np.mean([len(h.split()) for h in hyps])}
+            "outputs": outputs, "hyps": hyps, "bin_hyps": bin_hyps,
+            "length": np.mean([len(h.split()) for h in hyps])}
 
 
 greedy = evaluate(None)
 sweep = {k: evaluate(k) for k in WIDTHS}               # Wu et al.'s penalty, α = 0.6
 beam = sweep[BEAM] if BEAM in sweep else evaluate(BEAM)
-ALPHAS = ch.pick([0.0, ALPHA, 1.0, 1.5], [0.0, ALPHA])
 by_alpha = {a: beam if a == ALPHA else evaluate(BEAM, alpha=a) for a in ALPHAS}
 beam_raw = by_alpha[0.0]                                 # the same beam, no length normalisation
 reference_length = np.mean([len(p.target) for p in all_pairs(test_pairs)])
@@ -145,16 +208,79 @@ print(f"greedy {greedy['bleu']:.1f} BLEU in {greedy['seconds']:.1f} s; beam {BEA
 
 # %%
 # Chapter 3's numbers, read from its summary rather than retrained: the same task, the same
-# test split (benchmark_data), the same cap, greedy decoding.
+# test split (benchmark_data), the same cap, greedy decoding. At the large size they are still
+# those of chapter 3's own run (THEIRS): fewer training pairs and steps than this chapter's
+# Transformer, and only the first THEIRS["per_bin"] test sentences of each bin, which are
+# the ones the head-to-head comparisons below use.
 try:
     with open(ch.needs("bahdanau-luong", "summary.json"), encoding="utf-8") as f:
         chapter3 = json.load(f)
 except FileNotFoundError:
     chapter3 = None
+if chapter3 is not None and chapter3["sizes"] != THEIRS:
+    raise RuntimeError(f"chapter 3 trained and tested with {chapter3['sizes']} and chapter 7 with {THEIRS}: "
+                       "this chapter's comparison with chapter 3's models assumes the same pairs, steps and "
+                       "test sentences")
 CHAPTER3, CHAPTER7 = "[Chapter 3](../foundations/bahdanau-luong.md)", "[Chapter 7](../position/transformer.md)"
+LIKE_FOR_LIKE = not ch.large        # chapter 7's model: chapter 3's pairs, steps and test sentences
+SHARED = min(PER_BIN, THEIRS["per_bin"])   # the first SHARED sentences of each bin are chapter 3's
+EXTRA_TEST = PER_BIN > SHARED              # more test sentences than chapter 3's (a larger per_bin)
+THEIR_TEST = len(TEST_BINS) * THEIRS["per_bin"]
 RNN_LABELS = {"dot": "GRU + Luong dot (ch. 3)", "bahdanau": "GRU + Bahdanau (ch. 3)"}
+if EXTRA_TEST:
+    RNN_LABELS = {kind: label[:-1] + f", its {THEIR_TEST})" for kind, label in RNN_LABELS.items()}
 SCORE_NAMES = {"dot": "Luong's dot score", "general": "Luong's general score", "concat": "Luong's concat score",
                "local-p": "Luong's local-p attention", "bahdanau": "Bahdanau's additive score"}
+
+
+def upto(values):
+    return f"{values[0]:g} to {values[-1]:g}"
+
+
+chapter3_link, chapter7_link = CHAPTER3.replace("C", "c", 1), CHAPTER7.replace("C", "c", 1)
+shape = (f"{LAYERS} + {LAYERS} layers, {HEADS} heads, $d_{{\\text{{model}}}} = {config['d_model']}$ "
+         f"({PARAMETERS:,} parameters)")
+if LIKE_FOR_LIKE:
+    setup = (f"The model is {chapter7_link}'s pre-LN Transformer, with its training run unchanged: {shape}, "
+             f"trained for {THEIRS['steps']} steps on {THEIRS['pairs']:,} sentence pairs, the same pairs and "
+             f"the same number of steps as {chapter3_link}'s recurrent models. The test set is theirs too: the "
+             f"same {PER_BIN} sentences in each of four bins of source length ({NUM_TEST} in all). The recurrent "
+             f"models are not retrained: their rows are read from {chapter3_link}'s generated results, decoded "
+             "greedily with the same cap, so the comparison is like for like.")
+else:
+    setup = (f"The model is trained here with {chapter7_link}'s recipe, and is larger than {chapter7_link}'s: "
+             f"{shape}, trained for {LARGE['steps']:,} steps on {LARGE['pairs']:,} sentence pairs, among them "
+             f"the {THEIRS['pairs']:,} that chapters 3 and 7 train on. "
+             + (f"The test set holds {PER_BIN} sentences in each of four bins of source length ({NUM_TEST} in "
+                f"all); the first {SHARED} of each bin are {chapter3_link}'s test set. " if EXTRA_TEST else
+                f"The test set is {chapter3_link}'s: the same {PER_BIN} sentences in each of four bins of source "
+                f"length ({NUM_TEST} in all). ")
+             + f"The recurrent models are not retrained: their rows are read from {chapter3_link}'s own run, "
+             f"which trained them on {THEIRS['pairs']:,} pairs for {THEIRS['steps']} steps and tested them, "
+             f"decoded greedily with the same cap, on {'its' if EXTRA_TEST else 'the same'} {THEIR_TEST} "
+             "sentences. So the comparison is not like for like: this Transformer has had more data, more "
+             "steps and more parameters"
+             + (f"; the paragraph below the figure compares the two on {chapter3_link}'s sentences only."
+                if EXTRA_TEST else "."))
+
+
+def sizes(per_bin, widths, alphas):
+    return (("the same test sentences" if per_bin == THEIRS["per_bin"] else f"{per_bin} test sentences per bin")
+            + f", beam widths {upto(widths)} and α {upto(alphas)}")
+
+
+where = "on a GPU" if ch.device.type == "cuda" else "on the CPU"
+if ch.large:
+    setup += (f" This page was built at the large size, {where}. At the full size, the default on a CPU, the "
+              f"chapter decodes {chapter7_link}'s saved model, with " + sizes(THEIRS["per_bin"], *SWEEPS["full"])
+              + ".")
+else:
+    setup += (f" This page was built at the {ch.size} size, {where}. With `--device cuda` the chapter runs at "
+              f"its large size: it trains a {LARGE['num_layers']} + {LARGE['num_layers']}-layer, "
+              f"{LARGE['num_heads']}-head Transformer with $d_{{\\text{{model}}}} = {LARGE['d_model']}$ for "
+              f"{LARGE['steps']:,} steps on {LARGE['pairs']:,} pairs, with " + sizes(LARGE["per_bin"], *SWEEPS["large"])
+              + f"; {chapter3_link}'s models keep their own size, so that comparison is then not like for like.")
+ch.markdown("setup", setup)
 
 rows = {"greedy": ("Transformer, greedy", greedy),
         "beam": (f"Transformer, beam {BEAM}, Wu α = {ALPHA}", beam),
@@ -170,7 +296,7 @@ ch.table("quality-by-length", ["decoder"] + [f"BLEU {bin_name(b)}" for b in TEST
          + [f"exact {bin_name(b)}" for b in TEST_BINS] + [f"BLEU, all {NUM_TEST}"], table)
 
 LONG = TEST_BINS[-1]
-MARGIN = 1.0    # BLEU: a smaller difference on 80 sentences per bin is not called a gain
+MARGIN = 1.0    # BLEU: a smaller difference on 80 or more sentences per bin is not called a gain
 
 
 def compare(a, b):
@@ -195,15 +321,39 @@ sentences = [
     ("Beam width 1 reproduced greedy decoding token for token on every test sentence."
      if greedy_again else "Beam width 1 did NOT reproduce greedy decoding on every sentence: see the tests."),
 ]
+
+
+def bleu_on_shared(run, bins=TEST_BINS):
+    """Corpus BLEU of a run on the test sentences chapter 3 also translated."""
+    hyps = [h for b in bins for h in run["bin_hyps"][b][:SHARED]]
+    refs = [" ".join(p.target) for b in bins for p in test_pairs[b][:SHARED]]
+    return sacrebleu.corpus_bleu(hyps, [refs]).score
+
+
 if chapter3 is not None:
     # the best of chapter 3's attention models, picked from its numbers ("none" has no attention)
     best_rnn = max((k for k in chapter3["bleu_all"] if k != "none"), key=chapter3["bleu_all"].get)
     rnn_bleu, rnn_long = chapter3["bleu_all"][best_rnn], chapter3["quality"][best_rnn][bin_name(LONG)][0]
-    sentences.append(
-        f"{CHAPTER3}'s best recurrent model (GRU with {SCORE_NAMES.get(best_rnn, best_rnn)}) scored "
-        f"{rnn_bleu:.1f}: the Transformer with beam search is {compare(beam['bleu'], rnn_bleu)} it overall, "
-        f"and on sources of {bin_name(LONG)} words, longer than any training sentence, it scores "
-        f"{beam['bins'][LONG][0]:.1f} against the GRU's {rnn_long:.1f}.")
+    if not EXTRA_TEST:
+        sentences.append(
+            f"{CHAPTER3}'s best recurrent model (GRU with {SCORE_NAMES.get(best_rnn, best_rnn)}) scored "
+            f"{rnn_bleu:.1f}: the Transformer with beam search is {compare(beam['bleu'], rnn_bleu)} it overall, "
+            f"and on sources of {bin_name(LONG)} words, longer than any training sentence, it scores "
+            f"{beam['bins'][LONG][0]:.1f} against the GRU's {rnn_long:.1f}.")
+    else:
+        shared_bleu, shared_long = bleu_on_shared(beam), bleu_on_shared(beam, [LONG])
+        sentences.append(
+            f"{CHAPTER3}'s best recurrent model (GRU with {SCORE_NAMES.get(best_rnn, best_rnn)}) scored "
+            f"{rnn_bleu:.1f} on its {THEIR_TEST} test sentences, the first {SHARED} of each bin here. On "
+            f"those sentences the Transformer with beam search scores {shared_bleu:.1f}, "
+            f"{compare(shared_bleu, rnn_bleu)} it, and on sources of {bin_name(LONG)} words, longer than any "
+            f"training sentence, {shared_long:.1f} against the GRU's {rnn_long:.1f}.")
+    if not LIKE_FOR_LIKE:
+        sentences.append(
+            f"The comparison is not like for like: the GRU was trained by {chapter3_link} on "
+            f"{THEIRS['pairs']:,} pairs for {THEIRS['steps']} steps, this larger Transformer on "
+            f"{LARGE['pairs']:,} pairs for {LARGE['steps']:,} steps; at the full size both are trained on the "
+            "same pairs for the same number of steps.")
 ch.markdown("comparison", " ".join(sentences))
 
 
@@ -389,10 +539,15 @@ else:
              + f", and its brevity penalty is {b.bp:.2f} against {g.bp:.2f} ({b.sys_len} words against "
              f"{g.sys_len}; the references have {g.ref_len}).")
 model_prefers = len(beam_up) > len(changed) / 2 and errors["beam"][0] > errors["beam"][1]
-text += (" The wider search does its job; it is the model that prefers these"
-         + (" shorter" if b.sys_len < g.sys_len else "") + " translations."
-         if model_prefers else
-         " Here the search, not only the model, is to blame for a good part of the loss.")
+if b.score >= g.score:          # a better model (the large size's) gains from the wider search
+    text += (" The wider search does its job, and BLEU rises with it"
+             + (": the higher n-gram precisions outweigh the lower brevity penalty" if b.bp < g.bp and higher
+                else "") + ".")
+else:
+    text += (" The wider search does its job; it is the model that prefers these"
+             + (" shorter" if b.sys_len < g.sys_len else "") + " translations."
+             if model_prefers else
+             " Here the search, not only the model, is to blame for a good part of the loss.")
 ch.markdown("search-vs-model", text)
 
 # %% [markdown]
@@ -488,10 +643,18 @@ text = (f"The best-aligned head is head {best_head + 1} of decoder layer {best_l
         + f"; the diagonal guess scores {aer_diagonal:.2f}.")
 if chapter3 is not None:
     rnn_aer = chapter3["aer"]["dot"]
+    best_aer = aer_next[best_layer, best_head]
+    if EXTRA_TEST:   # the best head on chapter 3's test sentences only
+        shared = [(bin_, i) for bin_ in TEST_BINS for i in range(SHARED)]
+        best_aer = corpus_alignment_error_rate(
+            [links_from_attention(rows_of(weights[b][i, best_layer, best_head], test_pairs[b][i], 0))
+             for b, i in shared], [test_pairs[b][i].alignment for b, i in shared])
     text += (f" {CHAPTER3}'s GRU with Luong's dot score, which has a single attention, scored "
-             f"{rnn_aer:.2f}: the Transformer's best head is "
-             + ("more accurate" if aer_next[best_layer, best_head] < rnn_aer - 0.02 else
-                "less accurate" if aer_next[best_layer, best_head] > rnn_aer + 0.02 else "about as accurate")
+             f"{rnn_aer:.2f}" + ("" if not EXTRA_TEST else
+                                 f" on its {THEIR_TEST} test sentences, where this head scores {best_aer:.2f}")
+             + ": the Transformer's best head is "
+             + ("more accurate" if best_aer < rnn_aer - 0.02 else
+                "less accurate" if best_aer > rnn_aer + 0.02 else "about as accurate")
              + ".")
 best_input = np.unravel_index(np.argmin(aer_input), aer_input.shape)
 if aer_input.min() < aer_next.min() - 0.02:
@@ -507,7 +670,12 @@ ch.markdown("aer-summary", text)
 
 
 def draw_aer_map(theme):
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 1.2 + 0.55 * LAYERS), sharey=True)
+    # side by side, more than four columns of printed numbers per panel would not fit: stack them
+    stacked = HEADS > 4
+    if stacked:
+        fig, axes = plt.subplots(2, 1, figsize=(6.4, 2 * (0.9 + 0.45 * LAYERS)), sharex=True)
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(6.4, 1.2 + 0.55 * LAYERS), sharey=True)
     c = colors(theme)
     for ax, (title, aer) in zip(axes, (("credited to the predicted word", aer_next),
                                        ("credited to the input word", aer_input))):
@@ -518,10 +686,12 @@ def draw_aer_map(theme):
                         color=c["bg"] if aer[layer, head] < 0.5 else c["fg"])
         ax.set_xticks(range(HEADS), [str(h + 1) for h in range(HEADS)])
         ax.set_yticks(range(LAYERS), [str(layer + 1) for layer in range(LAYERS)])
-        ax.set_xlabel("head")
+        ax.set_xlabel("" if stacked and ax is axes[0] else "head")
         ax.set_title(title, fontsize=9)
         for spine in ax.spines.values():
             spine.set_visible(False)
+        if stacked:
+            ax.set_ylabel("decoder layer")
     axes[0].set_ylabel("decoder layer")
     fig.tight_layout()
     return fig
@@ -566,7 +736,11 @@ ch.markdown("example", (
 
 # %%
 ch.table("paper-vaswani", ["", "Vaswani et al. (2017), Table 2 and §6.1", "this chapter"], [
-    ["data", "WMT 2014 EN-DE and EN-FR (§5.1), newstest2014", "[chapter 3](../foundations/bahdanau-luong.md)'s toy language pair, [chapter 7](../position/transformer.md)'s training set"],
+    ["data", "WMT 2014 EN-DE and EN-FR (§5.1), newstest2014",
+     "[chapter 3](../foundations/bahdanau-luong.md)'s toy language pair, "
+     + ("[chapter 7](../position/transformer.md)'s training set" if not ch.large else
+        f"{LARGE['pairs']:,} training pairs ([chapter 7](../position/transformer.md)'s {THEIRS['pairs']:,} "
+        "and more)")],
     ["model", "base: 6 + 6 layers, 8 heads, d_model 512", f"{LAYERS} + {LAYERS} layers, {HEADS} heads, "
      f"d_model {config['d_model']}"],
     ["decoding", "beam 4, length penalty α = 0.6, cap: input length + 50",

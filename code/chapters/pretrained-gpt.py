@@ -44,9 +44,20 @@ torch.set_grad_enabled(False)
 ch.one_thread_on_cpu()  # small matrices: a second thread costs more than it saves on a busy CPU
 generator = ch.seed(0)
 
+SIZES = {}  # name: (full, quick, large), for the note on the size that built the page
+
+
+def sized(name, full, quick, large):
+    """``ch.pick(full, quick, large=large)``, recorded for that note."""
+    SIZES[name] = (full, quick, large)
+    return ch.pick(full, quick, large=large)
+
+
 cold = not (smollm2_cache_dir() / "model.safetensors").is_file()
 start = time.perf_counter()
 model, tokenizer = load_smollm2(ch.device)
+if ch.device.type == "cuda":
+    torch.cuda.synchronize()  # the copy to the GPU is part of the load
 load_seconds = time.perf_counter() - start
 config = model.config
 NUM_LAYERS, NUM_HEADS, NUM_KV = config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads
@@ -75,7 +86,7 @@ def head_name(layer, head):
 # RoPE scores depend only on differences of positions, so a constant shift would not.
 
 # %%
-REPRO_LEN = ch.pick(64, 24)
+REPRO_LEN = sized("repro", 64, 24, 512)
 repro_ids = torch.stack([alice_ids[0, :REPRO_LEN], alice_ids[0, 2000:2000 + REPRO_LEN]]).to(ch.device)
 half = REPRO_LEN // 2
 repro_pos = torch.stack([torch.arange(REPRO_LEN),
@@ -103,6 +114,12 @@ for r in range(third):
         row += [layer, f"{layer_error[layer].item():.1e}"]
     rows.append(row)
 ch.table("reproduction-error", ["layer", "max. abs. error"] * 3, rows, align="rr" * 3)
+ch.markdown("reproduction-setup", (
+    f"Two excerpts of *Alice's Adventures in Wonderland* (the text shipped with the book), "
+    f"{REPRO_LEN} tokens each, went through the model as one batch, the first at positions "
+    f"$0, 1, \\dots$, the second at positions ${repro_pos[1, 0].item()}, {repro_pos[1, 1].item()}, "
+    f"\\dots$ for its first half and ${repro_pos[1, half].item()}, {repro_pos[1, half + 1].item()}, "
+    f"\\dots$ for its second."))
 ch.markdown("reproduction-summary", (
     f"Largest difference over all {NUM_LAYERS} layers, {NUM_HEADS} heads, both sequences "
     f"({REPRO_LEN} tokens each) and every query and key: {layer_error.max().item():.1e} "
@@ -120,7 +137,7 @@ pattern_ids = alice_ids[:, 16:16 + PATTERN_LEN].to(ch.device)  # an excerpt that
 pattern_tokens = pieces(pattern_ids[0])
 pattern = smollm2_attention_via_attnbook(model, pattern_ids)[:, 0].cpu()  # (layers, heads, T, T)
 
-SINK_LEN = ch.pick(256, 64)
+SINK_LEN = sized("sink", 256, 64, 1024)
 # start mid-text, at the first token after position 300 that is a word (a space, then letters)
 sink_start = next(i for i in range(300, alice_ids.shape[1])
                   if pieces(alice_ids[0, i:i + 1])[0][1:].isalpha() and pieces(alice_ids[0, i:i + 1])[0][0] == " ")
@@ -203,7 +220,7 @@ ch.markdown("sink-findings", (
 # ## Previous-token and induction heads, on repeated random tokens
 
 # %%
-PERIOD, BATCH = ch.pick(48, 20), ch.pick(4, 2)
+PERIOD, BATCH = sized("period", 48, 20, 100), sized("batch", 4, 2, 8)
 THRESHOLD = 0.4
 PREFIX = [tokenizer.convert_tokens_to_ids("<|endoftext|>")]
 OFFSET = len(PREFIX)
@@ -230,7 +247,7 @@ chance = math.log(config.vocab_size - 1000)
 
 # Ablation: zero the outputs of the induction heads, and of as many other heads of the same
 # layers (neither induction nor previous-token heads), drawn at random, as a control.
-ABLATION_DRAWS = ch.pick(3, 1)
+ABLATION_DRAWS = sized("draws", 3, 1, 6)
 ablation_rows, control_changes = [], []
 if ind_heads:
     ablated_first, ablated_second = copy_losses(zero_heads=ind_heads)
@@ -379,7 +396,7 @@ ch.figure("head-examples", draw_examples)
 
 # %%
 # --8<-- [start:exercise-sink-position]
-EX_LEN = ch.pick(128, 32)
+EX_LEN = ch.pick(128, 32, large=256)
 probes = {f"Alice from token {start}": alice_ids[:, start:start + EX_LEN] for start in (300, 301, 4000)}
 probes["random token ids"] = torch.randint(1000, config.vocab_size, (1, EX_LEN), generator=generator)
 rows = []
@@ -398,8 +415,8 @@ ch.table("exercise-sink-position", ["input", "first token", "mean share on it",
 # ## StreamingLLM at small scale (Xiao et al., 2023)
 
 # %%
-STREAM_LEN = ch.pick(1024, 96)
-CACHE, SINKS = ch.pick(64, 24), 4  # four sinks, as in Xiao et al. (2023, §3.2)
+STREAM_LEN = sized("stream", 1024, 96, 3072)
+CACHE, SINKS = sized("cache", 64, 24, 192), 4  # four sinks, as in Xiao et al. (2023, §3.2)
 text_ids = alice_ids[:, :STREAM_LEN].to(ch.device)
 settings = {
     "dense (whole prefix)": dict(),
@@ -412,7 +429,7 @@ for name, kwargs in settings.items():
     stream_nll[name] = F.cross_entropy(out[0, :-1].float(), text_ids[0, 1:], reduction="none").cpu()
 
 # The chunked computation against token-by-token decoding with a SinkWindowCache, on a prefix.
-CHECK_LEN, CHECK_WINDOW = ch.pick(24, 10), ch.pick(12, 3)
+CHECK_LEN, CHECK_WINDOW = ch.pick(24, 10, large=96), ch.pick(12, 3, large=48)
 check_ids = text_ids[:, :CHECK_LEN]
 chunked = torch.log_softmax(smollm2_forward(model, check_ids, window=CHECK_WINDOW, sinks=SINKS), -1)
 stepwise = torch.log_softmax(smollm2_stream(model, check_ids, window=CHECK_WINDOW, sinks=SINKS), -1)
@@ -494,6 +511,21 @@ ch.paper("xiao2023", "perplexity once the cache is full: window attention vs the
          ours=f"SmolLM2-135M, {STREAM_LEN} tokens of Alice, cache {CACHE}: {window_after:.2f} vs "
               f"{sink_after:.2f} (dense {dense_after:.2f})",
          section="streamingllm-at-small-scale")
+after_cache = slice(CACHE // BIN, None)  # the bins after the cache is full: for the figure's alt text
+window_above = np.mean([w > max(d, k) for d, w, k in zip(*(binned_ppl(stream_nll[n])[after_cache] for n in names))])
+print(f"bins after the cache is full where the plain window is above the other two: {window_above:.0%}")
+HEAD_WIDTH = NUM_HEADS * (config.hidden_size // NUM_HEADS)  # h d_k = 576
+REST = (2 * config.hidden_size * HEAD_WIDTH + 2 * config.hidden_size * NUM_KV * (config.hidden_size // NUM_HEADS)
+        + 3 * config.hidden_size * config.intermediate_size)  # projections and SwiGLU, per layer and token
+attention_last = 2 * HEAD_WIDTH * STREAM_LEN
+ch.markdown("cost-length", (
+    f"This chapter's longest text has {STREAM_LEN} tokens: at its last token, with dense attention, the "
+    f"scores and weighted values cost ${2 * HEAD_WIDTH} \\cdot {STREAM_LEN} \\approx "
+    f"{attention_last / 1e6:.1f}$ M multiply–adds per layer, "
+    + ("less than the rest: the feed-forward and projections dominate." if attention_last < 0.9 * REST else
+       "about as much as the rest: the text reaches the length where the two are equal."
+       if attention_last <= 1.1 * REST else
+       f"more than the rest: from token {math.ceil(REST / (2 * HEAD_WIDTH))} on, attention dominates.")))
 BYTES_PER_TOKEN = NUM_LAYERS * 2 * NUM_KV * (config.hidden_size // NUM_HEADS) * 4  # float32
 TEX_BYTES = f"{BYTES_PER_TOKEN:,}".replace(",", "{,}")  # 46{,}080: no space after the comma in TeX
 ch.markdown("exercise-cache-memory", (
@@ -553,6 +585,26 @@ def draw_grid(theme):
 
 ch.figure("head-grid", draw_grid, fmt="png")
 
+
+
+def size_list(i):
+    s = {name: values[i] for name, values in SIZES.items()}
+    return (f"two excerpts of {s['repro']} tokens for the reproduction, {s['sink']} tokens for the sinks, "
+            f"{s['batch']} random sequences of {s['period']} tokens repeated twice with {s['draws']} "
+            f"control draw{'s' if s['draws'] > 1 else ''} for the ablation, and {s['stream']} tokens "
+            f"through a cache of {s['cache']} for StreamingLLM")
+
+
+if ch.large:
+    note = ("This page was built at the large size, the default with `--device cuda`"
+            + ("" if ch.device.type == "cuda" else ", here run on the CPU with `--size large`")
+            + f": {size_list(2)}. With `--device cpu` the chapter runs at its full size: {size_list(0)}.")
+else:
+    note = ("This page was built at the "
+            + ("full size, the default with `--device cpu`" if ch.size == "full" else "quick size (`--quick`, for tests)")
+            + f": {size_list(0 if ch.size == 'full' else 1)}. With `--device cuda` (or `--size large` on any "
+            f"device) the chapter runs at its large size: {size_list(2)}.")
+ch.markdown("sizes", note + " The model is SmolLM2-135M at every size.")
 ch.markdown("run-info", (
     f"The dequantised model lives in `.cache/smollm2/` (git-ignored), keyed by the first 16 hex "
     f"digits of the GGUF file's SHA-256. This build found it "

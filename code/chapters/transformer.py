@@ -219,6 +219,7 @@ torch.save({"state": transformer.state_dict(),
             "config": {"src_vocab": len(task.source_vocab), "tgt_vocab": len(task.target_vocab),
                        "d_model": D_MODEL, "num_heads": HEADS, "num_layers": LAYERS, "d_ff": D_FF,
                        "dropout": DROPOUT, "norm_first": True, "tie_output": TIE_OUTPUT},
+            "sizes": {"pairs": len(train_pairs), "steps": STEPS, "per_bin": PER_BIN},
             "quick": ch.quick}, ch.path("model.pt"))
 print(f"transformer: {STEPS} steps in {history.seconds:.1f} s, final loss "
       f"{np.mean(history.loss[-20:]):.3f}")

@@ -8,7 +8,9 @@
 # position embeddings, the mean attention distance of every head), and the attention of the
 # class token on test digits, raw and rolled out (Abnar & Zuidema, 2020).
 #
-# Run it with `python code/chapters/vision-transformer.py --device {auto,cpu,cuda} [--quick]`.
+# Run it with `python code/chapters/vision-transformer.py --device {auto,cpu,cuda} [--size {full,large,quick}]`:
+# the full size (the default on a CPU) takes about a minute of CPU time; the large size (the
+# default on a GPU) trains larger models for longer, on more training-set sizes, with more seeds.
 
 # %%
 from attnbook.chapter import Chapter
@@ -31,7 +33,8 @@ from attnbook.train import TrainConfig, train
 from attnbook.viz import attention_cmap, colors
 from attnbook.viz.explorer import explorer_json
 
-# Models of 25-27 thousand parameters: one thread is as fast as two.
+# Small models (25-27 thousand parameters at the full size, 127-136 thousand at the large
+# one): splitting their small matrix products over threads gains little on a shared CPU.
 ch.seed(0)
 ch.one_thread_on_cpu()
 
@@ -86,50 +89,120 @@ ch.figure("patches", draw_patches)
 # %% [markdown]
 # ## 2. Three models of about the same size, one recipe
 #
-# The ViT (patches of 2 x 2, $d_{\text{model}} = 32$, 4 heads, 3 pre-LN layers), a CNN with
-# two 3 x 3 convolutions and a max-pool, and an MLP with two hidden layers. All three are
-# trained with the same recipe: AdamW, warm-up and cosine decay, batches of 64 drawn from
-# the training set, the same number of steps.
+# The ViT (patches of 2 x 2, pre-LN encoder layers), a CNN with two 3 x 3 convolutions and a
+# max-pool, and an MLP with two hidden layers, of about as many parameters as each other. All
+# three are trained with the same recipe: AdamW, warm-up and cosine decay, batches of 64 drawn
+# from the training set, the same number of steps. Their sizes depend on the chapter's size:
+# the full size (a CPU's default) and the large size (a GPU's default; `--size large` runs it
+# anywhere, slowly on a CPU).
 
 # %%
-VIT_SIZE = dict(image_size=8, patch_size=PATCH, d_model=32, num_heads=4, num_layers=3, d_ff=64)
-STEPS = ch.pick(500, 100)
+FULL = dict(
+    steps=500,
+    vit=dict(d_model=32, num_heads=4, num_layers=3, d_ff=64),
+    cnn=dict(channels=(16, 32), hidden=40),
+    mlp_hidden=128,
+    per_class=[5, 20],          # training images per digit in the sweep (then the whole set)
+    # The smallest training set is trained again with other seeds (other initial weights, other
+    # batches and another balanced subset): the sweep's central comparison, over a few runs.
+    seeds=[0, 1, 2],
+    # The number to reach, stated in advance: test accuracy of the ViT. Trials with init
+    # seeds 0, 1 and 2 reached 0.95 to 0.98; the target leaves room for other seeds, machines
+    # and devices.
+    target=0.92,
+)
+LARGE = dict(                    # about 6 times the full size's work: some 6 minutes of CPU time
+    steps=1000,
+    vit=dict(d_model=64, num_heads=8, num_layers=4, d_ff=128),
+    cnn=dict(channels=(32, 64), hidden=112),
+    mlp_hidden=320,
+    per_class=[5, 10, 20, 50],
+    seeds=[0, 1, 2, 3],
+    # Trials with init seeds 0, 1 and 2 reached 0.980 to 0.991: a stricter target than at the
+    # full size, with a margin of about three points for other seeds, machines and devices.
+    target=0.95,
+)
+QUICK = {**FULL, "steps": 100, "per_class": [10], "seeds": [0, 1], "target": None}   # no target
+SIZE = ch.pick(FULL, QUICK, large=LARGE)
+
+VIT_SIZE = dict(image_size=8, patch_size=PATCH, **SIZE["vit"])
+STEPS = SIZE["steps"]
 BATCH, LR, WEIGHT_DECAY = 64, 3e-3, 0.05
-SWEEP_PER_CLASS = ch.pick([5, 20], [10])   # training images per digit in the sweep
-# The smallest training set is trained again with other seeds (other initial weights, other
-# batches and another balanced subset): the sweep's central comparison, over a few runs.
-SEEDS = ch.pick([0, 1, 2], [0, 1])
-# The number to reach, stated in advance: test accuracy of the ViT at full size. Trials with
-# init seeds 0, 1 and 2 reached 0.95 to 0.98; the target leaves room for other seeds, machines
-# and devices. --quick has no target.
-TARGET_ACCURACY = ch.pick(0.92, None)
+SWEEP_PER_CLASS = SIZE["per_class"]
+SEEDS = SIZE["seeds"]
+TARGET_ACCURACY = SIZE["target"]
+
+
 INK = 0.25                    # a pixel above this counts as ink (the measure and the outline)
+
+if ch.large:
+    sizes_text = ("This page was built at the **large** size, the default with `--device cuda`; on a CPU the "
+                  "chapter runs at its **full** size (about a minute of CPU time). The two sizes:")
+elif ch.quick:
+    sizes_text = (f"This was a `--quick` run, for the tests: {STEPS} steps, {SWEEP_PER_CLASS[0]} images per digit "
+                  f"in the sweep, {len(SEEDS)} seeds and no target. The chapter's two sizes:")
+else:
+    sizes_text = ("This page was built at the **full** size, the default on a CPU (about a minute of CPU time); "
+                  "with `--device cuda` the chapter runs at its **large** size. The two sizes:")
+ch.markdown("sizes", sizes_text)
 
 
 class SmallCNN(nn.Module):
-    """conv 3x3 (16) -> ReLU -> conv 3x3 (32) -> ReLU -> max-pool 2 -> 40 -> 10."""
+    """conv 3x3 (c1) -> ReLU -> conv 3x3 (c2) -> ReLU -> max-pool 2 -> hidden -> 10.
 
-    def __init__(self):
+    Full size: 16 and 32 filters, 40 hidden units."""
+
+    def __init__(self, channels=(16, 32), hidden=40):
         super().__init__()
+        c1, c2 = channels
         self.net = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4 * 4, 40), nn.ReLU(), nn.Linear(40, NUM_CLASSES))
+            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(c2 * 4 * 4, hidden), nn.ReLU(),
+            nn.Linear(hidden, NUM_CLASSES))
 
     def forward(self, images):                 # (batch, 8, 8) -> (batch, 10)
         return self.net(images[:, None])
 
 
-def make_mlp():
-    """64 pixels -> 128 -> 128 -> 10, GELU."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 128), nn.GELU(),
-                         nn.Linear(128, NUM_CLASSES))
+def make_mlp(hidden=128):
+    """64 pixels -> hidden -> hidden -> 10, GELU (full size: 128 hidden units)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                         nn.Linear(hidden, NUM_CLASSES))
 
 
-MODELS = {"MLP": make_mlp, "CNN": SmallCNN, "ViT": lambda: ViT(**VIT_SIZE)}
+MODELS = {"MLP": lambda: make_mlp(SIZE["mlp_hidden"]), "CNN": lambda: SmallCNN(**SIZE["cnn"]),
+          "ViT": lambda: ViT(**VIT_SIZE)}
 
 
 def num_parameters(model):
     return sum(p.numel() for p in model.parameters())
+
+
+def size_parameters(size):
+    """Parameters of the MLP, the CNN and the ViT at one size (built aside: the random state is kept)."""
+    with torch.random.fork_rng():
+        return [num_parameters(make_mlp(size["mlp_hidden"])), num_parameters(SmallCNN(**size["cnn"])),
+                num_parameters(ViT(image_size=8, patch_size=PATCH, **size["vit"]))]
+
+
+def size_column(size):
+    vit_size, cnn = size["vit"], size["cnn"]
+    return [str(size["steps"]),
+            f"$d_{{\\text{{model}}}} = {vit_size['d_model']}$, $h = {vit_size['num_heads']}$ heads, "
+            f"$L = {vit_size['num_layers']}$ layers, $d_{{\\text{{ff}}}} = {vit_size['d_ff']}$",
+            f"{cnn['channels'][0]} and {cnn['channels'][1]} filters, {cnn['hidden']} hidden units",
+            f"2 hidden layers of {size['mlp_hidden']} units",
+            " / ".join(f"{n:,}" for n in size_parameters(size)),
+            ", ".join(map(str, size["per_class"])) + ", then all",
+            str(len(size["seeds"])),
+            str(size["target"])]
+
+
+ch.table("size-table", ["", "full (the default on a CPU)", "large (the default on a GPU)"],
+         [[label, f, g] for label, f, g in zip(
+             ["training steps (every model)", "ViT", "CNN", "MLP", "parameters (MLP / CNN / ViT)",
+              "sweep: training images per digit", "seeds at the smallest size", "target test accuracy of the ViT"],
+             size_column(FULL), size_column(LARGE))], align="lll")
 
 
 @torch.no_grad()
@@ -152,6 +225,14 @@ def multiply_adds(model):
     return counter.get_total_flops() // 2
 
 
+def clock():
+    """CPU seconds on a CPU; on a GPU wall-clock seconds, once the queued GPU work is done."""
+    if ch.device.type == "cuda":
+        torch.cuda.synchronize(ch.device)
+        return time.perf_counter()
+    return time.process_time()
+
+
 def fit(name, x, y, seed=0):
     """Train a fresh ``name`` model on (x, y); return it, its test accuracy and its seconds."""
     torch.manual_seed(seed)                    # the initial weights
@@ -163,9 +244,9 @@ def fit(name, x, y, seed=0):
 
     config = TrainConfig(steps=STEPS, lr=LR, warmup_steps=STEPS // 10, weight_decay=WEIGHT_DECAY,
                          seed=seed)
-    start = time.process_time()
+    start = clock()
     train(model, make_batch, config, device=ch.device)
-    seconds = time.process_time() - start
+    seconds = clock() - start
     return model, test_accuracy(model), seconds
 
 
@@ -175,7 +256,8 @@ for name, (model, acc, seconds) in full.items():
     print(f"{name}: {num_parameters(model)} parameters, test accuracy {acc:.4f}, {seconds:.1f} CPU s")
 
 macs = {name: multiply_adds(model) for name, (model, _, _) in full.items()}
-ch.table("models", ["model", "parameters", "multiply-adds per image", "test accuracy", "training (CPU s)"],
+ch.table("models", ["model", "parameters", "multiply-adds per image", "test accuracy",
+                    "training (CPU s)" if ch.device.type == "cpu" else "training (s)"],
          [[name, f"{num_parameters(model):,}", f"{macs[name]:,}", f"{acc:.3f}", f"{seconds:.1f}"]
           for name, (model, acc, seconds) in full.items()])
 slowest = max(full, key=lambda name: full[name][2])
@@ -187,7 +269,30 @@ ch.markdown("cost-verdict", (
     + (": the arithmetic explains only part of the difference; the rest is the overhead of the ViT's many "
        "small operations per step (LayerNorms, projections, the softmax), which weighs heavily at this size."
        if time_ratio > 1.2 * mac_ratio else
+       ": less than its arithmetic suggests; at this size much of a step's time is the fixed cost of "
+       "launching each small operation, whatever its arithmetic."
+       if time_ratio < mac_ratio / 1.2 else
        ", in proportion to its arithmetic.")))
+
+# The parameter count of the ViT, term by term (the page's "Counting parameters"): checked
+# against the model, so that the sum printed is the model's.
+d, d_ff, L = VIT_SIZE["d_model"], VIT_SIZE["d_ff"], VIT_SIZE["num_layers"]
+terms = [PATCH * PATCH * d + d, d, (GRID * GRID + 1) * d,
+         4 * d * d + 4 * d + 2 * d * d_ff + d_ff + d + 4 * d, 2 * d, d * NUM_CLASSES + NUM_CLASSES]
+counted = terms[0] + terms[1] + terms[2] + L * terms[3] + terms[4] + terms[5]
+if counted != num_parameters(full["ViT"][0]):
+    raise RuntimeError(f"the parameter formula gives {counted:,}, the ViT has {num_parameters(full['ViT'][0]):,}")
+
+
+def tex_int(n):
+    return f"{n:,}".replace(",", "{,}")        # 26{,}762: a thousands comma without a space in TeX
+
+
+ch.markdown("parameter-count", (
+    f"With this page's $d_{{\\text{{model}}}} = {d}$, $d_{{\\text{{ff}}}} = {d_ff}$, $L = {L}$, "
+    f"$N = {GRID * GRID}$, $P^2 C = {PATCH * PATCH}$ and $K = {NUM_CLASSES}$: "
+    f"${tex_int(terms[0])} + {tex_int(terms[1])} + {tex_int(terms[2])} + {L} \\cdot {tex_int(terms[3])} + "
+    f"{tex_int(terms[4])} + {tex_int(terms[5])} = {tex_int(counted)}$, the number the experiment's table prints."))
 
 # %% [markdown]
 # ## 3. The number stated in advance
@@ -454,15 +559,15 @@ def draw_distance(theme):
         ax.scatter(offsets, distance[:, head].numpy(), s=30, color=c["palette"][head % 8],
                    label=f"head {head}", zorder=3)
     ax.axhline(uniform_distance, color=c["muted"], linestyle="--", linewidth=1)
-    ax.text(num_layers - 1 + 0.25, uniform_distance, "uniform\nattention", va="center", fontsize=8,
-            color=c["muted"])
+    label_x = num_layers - 1 + max(0.25, (num_heads - 1) / 2 * 0.06 + 0.1)   # right of the last dots
+    ax.text(label_x, uniform_distance, "uniform\nattention", va="center", fontsize=8, color=c["muted"])
     ax.set_xticks(range(num_layers))
     ax.set_xlim(-0.4, num_layers - 0.4 + 0.6)
     ax.set_ylim(0, max(uniform_distance, float(distance.max())) * 1.15)
     ax.set_xlabel("network depth (layer)")
     ax.set_ylabel("mean attention distance (pixels)")
     ax.grid(True, axis="y", alpha=0.5)
-    ax.legend(fontsize=8, loc="lower left", ncol=2)
+    ax.legend(fontsize=8, loc="lower left", ncol=2 if num_heads <= 4 else 4)   # 8 heads: two rows
     fig.tight_layout()
     return fig
 
