@@ -73,8 +73,11 @@ train_ids, held_ids = ids[:split], ids[split:]
 
 SEQ = 64
 D_MODEL, HEADS, LAYERS = ch.pick(64, 32), 4, 2
-BATCH = ch.pick(32, 16, large=64)
-STEPS = ch.pick(900, 60, large=3000)
+# No large size: the text has 29k training characters, and more steps overfit them. With batch
+# 64 and 3000 steps (`--size large` of an earlier version) the masked model's held-out loss rose
+# from 1.88 to 4.03 nats, and the copying lesson of the experiment blurred.
+BATCH = ch.pick(32, 16)
+STEPS = ch.pick(900, 60)
 config = TrainConfig(steps=STEPS, lr=3e-3, warmup_steps=ch.pick(50, 5), min_lr_ratio=0.1, seed=1)
 
 
