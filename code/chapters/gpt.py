@@ -99,11 +99,11 @@ val_inputs, val_targets = windows_of(val_ids)
 
 
 @torch.no_grad()
-def val_loss(model: GPT, inputs: torch.Tensor = val_inputs, targets: torch.Tensor = val_targets) -> float:
+def val_loss(model: GPT) -> float:
     """Mean cross-entropy over every character of the held-out windows (nats per character)."""
     was_training = model.training
     model.eval()
-    loss = cross_entropy(model(inputs.to(device)), targets.to(device)).item()
+    loss = cross_entropy(model(val_inputs.to(device)), val_targets.to(device)).item()
     model.train(was_training)
     return loss
 

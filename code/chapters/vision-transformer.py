@@ -627,7 +627,7 @@ for i in EXAMPLES:
         "image": {"pixels": ink_dark[..., None].expand(-1, -1, 3).numpy(), "patch_grid": [GRID, GRID],
                   "first_patch": 1},
     })
-explorer_path = ch.json("explorer", explorer_json(
+ch.json("explorer", explorer_json(
     "the chapter's ViT", explorer_examples,
     description="Query [CLS] or a patch; the image shades each patch by the chosen head's weight."))
 
